@@ -1,0 +1,16 @@
+//! Operators of weir: stateless transformations, keyed rolling aggregations, windows, sources
+//! and sinks. They are added to the runtime's stream types by [`DataStreamExt`] and
+//! [`KeyedStreamExt`].
+
+#![warn(missing_docs)]
+
+mod basic;
+mod ext;
+mod keyed;
+pub mod sinks;
+pub mod sources;
+pub mod window;
+
+pub use basic::{Filter, FlatMap, Map, TryMap};
+pub use ext::{DataStreamExt, KeyedStreamExt};
+pub use keyed::{RollingAggregate, RollingReduce};

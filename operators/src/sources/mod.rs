@@ -1,0 +1,11 @@
+//! Sources: files, sockets, the Nexmark generator and in-memory collections.
+
+mod collection;
+mod file;
+pub mod nexmark;
+mod socket;
+
+pub use collection::VecSource;
+pub use file::{list_files, plan_splits, DeadLetter, FileSource, FileSplit, LineParser, OnMalformed};
+pub use nexmark::{NexmarkConfig, NexmarkSource};
+pub use socket::SocketSource;

@@ -1,0 +1,94 @@
+//! The command-line flags every weir job binary shares.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Parses durations written like `200ms`, `10s`, `1h`, `1m 30s`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(weir_runtime::parse_duration("200ms").unwrap(), Duration::from_millis(200));
+/// assert_eq!(weir_runtime::parse_duration("1h").unwrap(), Duration::from_secs(3600));
+/// assert!(weir_runtime::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 200ms, 10s or 1h)"))
+}
+
+fn parse_parallelism(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a parallelism between 1 and 1024")),
+    }
+}
+
+fn parse_max_parallelism(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=weir_state::keygroup::MAX_MAX_PARALLELISM).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a max parallelism between 1 and {}", weir_state::keygroup::MAX_MAX_PARALLELISM)),
+    }
+}
+
+/// Runtime flags shared by every job binary; flatten it into the job's own clap struct.
+///
+/// ```
+/// use clap::Parser;
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     job: weir_runtime::JobArgs,
+/// }
+/// let cli = Cli::parse_from(["job", "--parallelism", "2", "--buffer-timeout", "50ms"]);
+/// assert_eq!(cli.job.parallelism, 2);
+/// assert_eq!(cli.job.buffer_timeout, std::time::Duration::from_millis(50));
+/// ```
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Runtime")]
+pub struct JobArgs {
+    /// Default number of parallel subtasks of every operator.
+    #[arg(short = 'p', long, default_value = "1", value_parser = parse_parallelism)]
+    pub parallelism: usize,
+
+    /// Number of key groups: the upper bound of any keyed operator's parallelism, now and after
+    /// a restore (keep it fixed for the life of a job).
+    #[arg(long, default_value = "128", value_parser = parse_max_parallelism)]
+    pub max_parallelism: usize,
+
+    /// Directory for the RocksDB working state of stateful operators [default: a temporary
+    /// directory removed when the job ends].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Longest time a partly filled batch waits before it is sent downstream (trades latency
+    /// against throughput, like Flink's buffer timeout).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub buffer_timeout: std::time::Duration,
+
+    /// Records per batch sent between tasks.
+    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub batch_size: u32,
+
+    /// Batches a channel between two tasks holds before the sender blocks (backpressure).
+    #[arg(long, default_value = "16", value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
+    pub channel_capacity: u32,
+
+    /// Seconds between progress lines in the log (records/s, watermark); 0 turns them off.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub progress_interval: Duration,
+}
+
+impl Default for JobArgs {
+    fn default() -> Self {
+        JobArgs {
+            parallelism: 1,
+            max_parallelism: weir_state::DEFAULT_MAX_PARALLELISM,
+            state_dir: None,
+            buffer_timeout: Duration::from_millis(100),
+            batch_size: 1024,
+            channel_capacity: 16,
+            progress_interval: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The weir runtime: the job graph API, task threads connected by bounded channels, event time,
+//! and the flags every job binary shares.
+//!
+//! ```
+//! use weir_runtime::{JobArgs, StreamEnv};
+//! let env = StreamEnv::new(JobArgs { parallelism: 2, ..JobArgs::default() });
+//! // Sources, transformations and sinks come from `weir-operators`; see the `weir` crate.
+//! assert_eq!(env.args().parallelism, 2);
+//! ```
+
+#![warn(missing_docs)]
+
+mod args;
+mod driver;
+mod element;
+mod error;
+mod exec;
+mod graph;
+mod metrics;
+mod operator;
+mod output;
+mod source;
+mod task;
+mod time;
+
+pub use args::{parse_duration, JobArgs};
+pub use element::{CheckpointBarrier, Data, Record, StreamElement, MAX_WATERMARK};
+pub use error::Cancelled;
+pub use exec::JobResult;
+pub use graph::{ConnectedStreams, DataStream, KeyedConnectedStreams, KeyedStream, StreamEnv};
+pub use metrics::JobMetrics;
+pub use operator::{
+    CoOperator, Collector, Counter, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator, Operator,
+    OperatorContext, OutputTag, SideOutputs, TaskInfo,
+};
+pub use source::{Source, SourceOutput, SourcePoll, SourceReader};
+pub use time::{now_millis, WatermarkStrategy};
+pub use weir_state::TimeDomain;
+
+/// Sets up `tracing` output for a job binary: compact lines on stderr, filtered by `RUST_LOG`
+/// (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).compact().try_init();
+}

@@ -1,0 +1,217 @@
+//! Sources: a [`Source`] describes where data comes from and creates one [`SourceReader`] per
+//! subtask; the runtime polls readers, stamps records with event time and generates watermarks
+//! per split.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::driver::DriverEnv;
+use crate::element::{Data, Record, MAX_WATERMARK};
+use crate::error::{panic_message, Cancelled};
+use crate::operator::{OutputTag, SideOutputs, TaskInfo};
+use crate::output::{Output, SidePort};
+use crate::task::{Control, TaskEnv};
+use crate::time::{SplitStatus, SplitWatermarks, WatermarkStrategy};
+
+/// What a reader's poll found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourcePoll {
+    /// Records were emitted (or may be available right away): poll again.
+    Ready,
+    /// Nothing is available now; poll again after at most this long.
+    Idle(Duration),
+    /// The input is exhausted (bounded sources only).
+    Finished,
+}
+
+/// A description of a source, shared by all subtasks.
+pub trait Source<T>: Send + Sync + 'static {
+    /// The most subtasks this source can run in (a socket: 1).
+    fn max_parallelism(&self) -> Option<usize> {
+        None
+    }
+    /// Whether the source can replay its input after a failure (files, Kafka: yes; a socket: no).
+    fn replayable(&self) -> bool {
+        true
+    }
+    /// Creates the reader of subtask `info.subtask` of `info.parallelism`.
+    fn create_reader(&self, info: &TaskInfo) -> Result<Box<dyn SourceReader<T>>>;
+}
+
+/// Reads the splits of one source subtask. Runs on the task thread; may block only briefly.
+pub trait SourceReader<T>: 'static {
+    /// Emits up to `out.remaining()` records and says what to do next.
+    fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll>;
+}
+
+/// Where a reader emits records, per split.
+pub struct SourceOutput<'a, T> {
+    buf: &'a mut Vec<Record<T>>,
+    sides: &'a mut SideOutputs,
+    splits: &'a mut SplitWatermarks,
+    strategy: &'a WatermarkStrategy<T>,
+    limit: usize,
+    now: Instant,
+}
+
+impl<T: Data> SourceOutput<'_, T> {
+    /// How many more records this poll should emit.
+    pub fn remaining(&self) -> usize {
+        self.limit.saturating_sub(self.buf.len())
+    }
+
+    /// Emits a record of `split`, stamped by the watermark strategy's timestamp assigner.
+    #[inline]
+    pub fn collect(&mut self, split: u64, value: T) {
+        let ts = self.strategy.timestamp_of(&value);
+        self.splits.observe(split, ts, self.now);
+        self.buf.push(Record { ts, value });
+    }
+
+    /// Emits a record of `split` with an explicit event time.
+    pub fn collect_at(&mut self, split: u64, value: T, ts: i64) {
+        self.splits.observe(split, Some(ts), self.now);
+        self.buf.push(Record { ts: Some(ts), value });
+    }
+
+    /// Announces a split before it has data, so it holds the watermark back (e.g. a partition).
+    pub fn register_split(&mut self, split: u64) {
+        self.splits.register(split);
+    }
+
+    /// A split is exhausted and no longer holds the watermark back.
+    pub fn finish_split(&mut self, split: u64) {
+        self.splits.finish(split);
+    }
+
+    /// Emits to a side output (e.g. dead letters).
+    pub fn side<X: Data>(&mut self, tag: &OutputTag<X>, value: X) {
+        let mut dummy = Vec::<Record<T>>::new();
+        crate::operator::Collector::new(&mut dummy, self.sides).side(tag, value);
+    }
+}
+
+/// Runs one source subtask and the operators chained to it.
+pub(crate) struct SourceTask<T: Data> {
+    pub reader: Box<dyn SourceReader<T>>,
+    pub strategy: WatermarkStrategy<T>,
+    pub main: Box<dyn Output<T>>,
+    pub sides: Vec<SidePort>,
+    pub env: DriverEnv,
+}
+
+/// A source task with its type erased, so the executor can run any of them.
+pub(crate) trait RunnableSource {
+    fn run(self: Box<Self>, control: &Receiver<Control>, task: &TaskEnv) -> Result<()>;
+}
+
+impl<T: Data> RunnableSource for SourceTask<T> {
+    fn run(self: Box<Self>, control: &Receiver<Control>, task: &TaskEnv) -> Result<()> {
+        let SourceTask { mut reader, strategy, mut main, sides, env } = *self;
+        let label = {
+            let i = env.ctx.info();
+            format!("source '{}' (uid {}, subtask {}/{})", i.operator_name, i.uid, i.subtask + 1, i.parallelism)
+        };
+        let mut side_bufs = SideOutputs::default();
+        let mut side_outs = Vec::new();
+        for (name, out, buf) in sides {
+            side_bufs.ports.push((name, buf));
+            side_outs.push(out);
+        }
+        let mut splits = SplitWatermarks::new(strategy.out_of_orderness_ms, strategy.idleness);
+        let mut buf: Vec<Record<T>> = Vec::with_capacity(task.batch_size);
+        let mut last_wm = i64::MIN;
+        let mut idle_sent = false;
+        let mut last_flush = Instant::now();
+        loop {
+            match control.try_recv() {
+                Ok(Control::Cancel) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    return Err(Cancelled.into())
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            let poll = catch_unwind(AssertUnwindSafe(|| {
+                let mut out = SourceOutput {
+                    buf: &mut buf,
+                    sides: &mut side_bufs,
+                    splits: &mut splits,
+                    strategy: &strategy,
+                    limit: task.batch_size,
+                    now,
+                };
+                reader.poll(&mut out)
+            }));
+            let poll = match poll {
+                Ok(r) => r.with_context(|| format!("{label} failed"))?,
+                Err(p) => bail!("{label} panicked: {}", panic_message(&*p)),
+            };
+            if !buf.is_empty() {
+                env.records_out.add(buf.len() as u64);
+                main.push(&mut buf)?;
+                idle_sent = false;
+            }
+            for (i, out) in side_outs.iter_mut().enumerate() {
+                out.push_any(&mut *side_bufs.ports[i].1)?;
+            }
+            if poll == SourcePoll::Finished {
+                main.watermark(MAX_WATERMARK)?;
+                main.end_of_input()?;
+                for s in &mut side_outs {
+                    s.watermark(MAX_WATERMARK)?;
+                    s.end_of_input()?;
+                }
+                return Ok(());
+            }
+            if strategy.generates {
+                match splits.status(Instant::now()) {
+                    Some(SplitStatus::Watermark(w)) if w > last_wm => {
+                        last_wm = w;
+                        env.watermark_gauge.store(w, std::sync::atomic::Ordering::Relaxed);
+                        main.watermark(w)?;
+                        for s in &mut side_outs {
+                            s.watermark(w)?;
+                        }
+                    }
+                    Some(SplitStatus::Idle) if !idle_sent => {
+                        idle_sent = true;
+                        main.idle()?;
+                        for s in &mut side_outs {
+                            s.idle()?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let now_ms = crate::time::now_millis();
+            if main.next_wakeup().is_some_and(|t| t <= now_ms) {
+                main.on_time(now_ms)?;
+            }
+            if last_flush.elapsed() >= task.buffer_timeout {
+                main.flush()?;
+                for s in &mut side_outs {
+                    s.flush()?;
+                }
+                last_flush = Instant::now();
+            }
+            if let SourcePoll::Idle(wait) = poll {
+                main.flush()?;
+                for s in &mut side_outs {
+                    s.flush()?;
+                }
+                last_flush = Instant::now();
+                let mut wait = wait.min(task.buffer_timeout);
+                if let Some(t) = main.next_wakeup() {
+                    wait = wait.min(Duration::from_millis(t.saturating_sub(now_ms).max(0) as u64));
+                }
+                match control.recv_timeout(wait) {
+                    Ok(Control::Cancel) | Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+    }
+}

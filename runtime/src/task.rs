@@ -1,0 +1,215 @@
+//! The loop of a task with inputs: waits on its input channels, tracks the watermark of each,
+//! and drives the operator chain.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
+
+use crate::element::{Data, StreamElement, MAX_WATERMARK};
+use crate::error::Cancelled;
+use crate::output::TaskHead;
+
+/// Messages from the executor to a task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    /// Stop now: the job is being torn down.
+    Cancel,
+}
+
+/// Settings every task needs.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskEnv {
+    pub batch_size: usize,
+    pub buffer_timeout: Duration,
+}
+
+pub(crate) enum Event {
+    Empty,
+    Data,
+    Watermark(i64),
+    Idle,
+    End,
+    Disconnected,
+}
+
+/// One input channel of a task, with its record type erased.
+pub(crate) trait InputChannel {
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> usize;
+    /// Takes one element if there is one; batches go straight to `head`.
+    fn poll(&self, head: &mut dyn TaskHead) -> Result<Event>;
+}
+
+pub(crate) struct ChannelIn<T> {
+    pub rx: Receiver<StreamElement<T>>,
+    pub input: usize,
+}
+
+impl<T: Data> InputChannel for ChannelIn<T> {
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> usize {
+        sel.recv(&self.rx)
+    }
+
+    fn poll(&self, head: &mut dyn TaskHead) -> Result<Event> {
+        match self.rx.try_recv() {
+            Ok(StreamElement::Batch(mut b)) => {
+                head.process(self.input, &mut b)?;
+                Ok(Event::Data)
+            }
+            Ok(StreamElement::Watermark(w)) => Ok(Event::Watermark(w)),
+            Ok(StreamElement::Idle) => Ok(Event::Idle),
+            Ok(StreamElement::Barrier(b)) => {
+                // Alignment arrives with checkpointing; until then a barrier passes straight on.
+                head.barrier(b)?;
+                Ok(Event::Data)
+            }
+            Ok(StreamElement::EndOfInput) => Ok(Event::End),
+            Err(TryRecvError::Empty) => Ok(Event::Empty),
+            Err(TryRecvError::Disconnected) => Ok(Event::Disconnected),
+        }
+    }
+}
+
+/// Watermark bookkeeping over the input channels of one task.
+struct InputWatermarks {
+    wm: Vec<i64>,
+    idle: Vec<bool>,
+    ended: Vec<bool>,
+    current: i64,
+    all_idle: bool,
+}
+
+impl InputWatermarks {
+    fn new(n: usize) -> Self {
+        InputWatermarks {
+            wm: vec![i64::MIN; n],
+            idle: vec![false; n],
+            ended: vec![false; n],
+            current: i64::MIN,
+            all_idle: false,
+        }
+    }
+
+    /// The new combined watermark, if it advanced.
+    fn advance(&mut self) -> Option<i64> {
+        let min = (0..self.wm.len()).filter(|&i| !self.ended[i] && !self.idle[i]).map(|i| self.wm[i]).min();
+        let min = match min {
+            Some(m) => m,
+            None if self.ended.iter().all(|e| *e) => MAX_WATERMARK,
+            None => return None,
+        };
+        if min > self.current {
+            self.current = min;
+            Some(min)
+        } else {
+            None
+        }
+    }
+
+    fn activate(&mut self, i: usize) {
+        self.idle[i] = false;
+        self.all_idle = false;
+    }
+
+    /// Whether all inputs just became idle.
+    fn set_idle(&mut self, i: usize) -> bool {
+        self.idle[i] = true;
+        let all = (0..self.idle.len()).all(|j| self.idle[j] || self.ended[j]);
+        let newly = all && !self.all_idle;
+        self.all_idle = all;
+        newly
+    }
+}
+
+pub(crate) fn run_input_task(
+    head: &mut dyn TaskHead,
+    inputs: Vec<Box<dyn InputChannel>>,
+    control: &Receiver<Control>,
+    env: &TaskEnv,
+) -> Result<()> {
+    let n = inputs.len();
+    if n == 0 {
+        bail!("internal error: a task without inputs that is not a source");
+    }
+    let mut marks = InputWatermarks::new(n);
+    let mut last_flush = Instant::now();
+    loop {
+        let now_ms = crate::time::now_millis();
+        let wakeup = head.next_wakeup();
+        if wakeup.is_some_and(|t| t <= now_ms) {
+            head.on_time(now_ms)?;
+        }
+        let since_flush = last_flush.elapsed();
+        if since_flush >= env.buffer_timeout {
+            head.flush()?;
+            last_flush = Instant::now();
+        }
+        let mut timeout = env.buffer_timeout.saturating_sub(last_flush.elapsed());
+        if let Some(t) = head.next_wakeup() {
+            timeout = timeout.min(Duration::from_millis(t.saturating_sub(now_ms).max(0) as u64));
+        }
+        let ready = {
+            let mut sel = Select::new();
+            let mut which = Vec::with_capacity(n + 1);
+            for (i, ch) in inputs.iter().enumerate() {
+                if !marks.ended[i] {
+                    ch.register(&mut sel);
+                    which.push(Some(i));
+                }
+            }
+            sel.recv(control);
+            which.push(None);
+            match sel.ready_timeout(timeout) {
+                Ok(idx) => Some(which[idx]),
+                Err(_) => None,
+            }
+        };
+        let i = match ready {
+            None => continue,
+            Some(None) => match control.try_recv() {
+                Ok(Control::Cancel) | Err(TryRecvError::Disconnected) => return Err(Cancelled.into()),
+                Err(TryRecvError::Empty) => continue,
+            },
+            Some(Some(i)) => i,
+        };
+        // Drain a few elements from the ready channel to amortise the select.
+        for _ in 0..32 {
+            match inputs[i].poll(head)? {
+                Event::Empty => break,
+                Event::Data => {
+                    if marks.idle[i] {
+                        marks.activate(i);
+                    }
+                }
+                Event::Watermark(w) => {
+                    marks.wm[i] = marks.wm[i].max(w);
+                    marks.activate(i);
+                    if let Some(w) = marks.advance() {
+                        head.watermark(w)?;
+                    }
+                }
+                Event::Idle => {
+                    if marks.set_idle(i) {
+                        head.flush()?;
+                        head.idle()?;
+                    } else if let Some(w) = marks.advance() {
+                        head.watermark(w)?;
+                    }
+                }
+                Event::End => {
+                    marks.ended[i] = true;
+                    if let Some(w) = marks.advance() {
+                        head.watermark(w)?;
+                    }
+                    if marks.ended.iter().all(|e| *e) {
+                        head.end_of_input()?;
+                        head.flush()?;
+                        return Ok(());
+                    }
+                    break;
+                }
+                Event::Disconnected => return Err(Cancelled.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Event time: timestamp assignment and watermark generation per source split.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The wall clock in epoch milliseconds.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Extracts a record's event time (epoch ms).
+pub(crate) type TimestampFn<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
+
+/// How a source assigns event timestamps and generates watermarks (Flink's `WatermarkStrategy`).
+///
+/// Watermarks are generated per source split (file range, Kafka partition): a split's watermark is
+/// the highest timestamp it has produced minus the allowed out-of-orderness, and a source subtask
+/// emits the minimum over its active splits after every batch it reads. A split that produced
+/// nothing for the idleness timeout stops holding the watermark back until it produces again.
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_runtime::WatermarkStrategy;
+/// #[derive(Clone)]
+/// struct Bid { date_time: i64 }
+/// let strategy = WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_secs(2))
+///     .with_timestamp_assigner(|b: &Bid| b.date_time)
+///     .with_idleness(Duration::from_secs(30));
+/// assert_eq!(strategy.timestamp_of(&Bid { date_time: 5 }), Some(5));
+/// ```
+pub struct WatermarkStrategy<T> {
+    pub(crate) assigner: Option<TimestampFn<T>>,
+    pub(crate) out_of_orderness_ms: i64,
+    pub(crate) idleness: Option<Duration>,
+    pub(crate) generates: bool,
+}
+
+impl<T> Clone for WatermarkStrategy<T> {
+    fn clone(&self) -> Self {
+        WatermarkStrategy {
+            assigner: self.assigner.clone(),
+            out_of_orderness_ms: self.out_of_orderness_ms,
+            idleness: self.idleness,
+            generates: self.generates,
+        }
+    }
+}
+
+impl<T> WatermarkStrategy<T> {
+    /// Records carry no event time and no watermarks are generated (until the final one at the
+    /// end of a bounded input).
+    pub fn no_watermarks() -> Self {
+        WatermarkStrategy { assigner: None, out_of_orderness_ms: 0, idleness: None, generates: false }
+    }
+
+    /// Watermark = highest timestamp seen − `max_out_of_orderness`.
+    pub fn for_bounded_out_of_orderness(max_out_of_orderness: Duration) -> Self {
+        WatermarkStrategy {
+            assigner: None,
+            out_of_orderness_ms: max_out_of_orderness.as_millis() as i64,
+            idleness: None,
+            generates: true,
+        }
+    }
+
+    /// Timestamps only increase: watermark = highest timestamp seen.
+    pub fn for_monotonous_timestamps() -> Self {
+        Self::for_bounded_out_of_orderness(Duration::ZERO)
+    }
+
+    /// Takes each record's event time (epoch ms) from the record.
+    pub fn with_timestamp_assigner(mut self, f: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        self.assigner = Some(Arc::new(f));
+        self
+    }
+
+    /// A split with no data for `timeout` no longer holds the watermark back.
+    pub fn with_idleness(mut self, timeout: Duration) -> Self {
+        self.idleness = Some(timeout);
+        self
+    }
+
+    /// The timestamp the strategy gives `value`.
+    pub fn timestamp_of(&self, value: &T) -> Option<i64> {
+        self.assigner.as_ref().map(|f| f(value))
+    }
+}
+
+struct SplitState {
+    id: u64,
+    max_ts: i64,
+    last_data: Instant,
+    finished: bool,
+}
+
+/// What a source subtask's splits say about event time right now.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SplitStatus {
+    Watermark(i64),
+    Idle,
+}
+
+/// Per-split watermark generation inside one source subtask.
+pub(crate) struct SplitWatermarks {
+    splits: Vec<SplitState>,
+    last: usize,
+    out_of_orderness_ms: i64,
+    idleness: Option<Duration>,
+}
+
+impl SplitWatermarks {
+    pub(crate) fn new(out_of_orderness_ms: i64, idleness: Option<Duration>) -> Self {
+        SplitWatermarks { splits: Vec::new(), last: 0, out_of_orderness_ms, idleness }
+    }
+
+    fn index(&mut self, id: u64) -> usize {
+        if self.splits.get(self.last).is_some_and(|s| s.id == id) {
+            return self.last;
+        }
+        let i = match self.splits.iter().position(|s| s.id == id) {
+            Some(i) => i,
+            None => {
+                self.splits.push(SplitState { id, max_ts: i64::MIN, last_data: Instant::now(), finished: false });
+                self.splits.len() - 1
+            }
+        };
+        self.last = i;
+        i
+    }
+
+    pub(crate) fn register(&mut self, id: u64) {
+        self.index(id);
+    }
+
+    #[inline]
+    pub(crate) fn observe(&mut self, id: u64, ts: Option<i64>, now: Instant) {
+        let i = self.index(id);
+        let s = &mut self.splits[i];
+        s.last_data = now;
+        s.finished = false;
+        if let Some(ts) = ts {
+            if ts > s.max_ts {
+                s.max_ts = ts;
+            }
+        }
+    }
+
+    pub(crate) fn finish(&mut self, id: u64) {
+        let i = self.index(id);
+        self.splits[i].finished = true;
+    }
+
+    /// The watermark of the active splits, or `Idle` when every unfinished split is idle.
+    /// `None` when no split is active or idle (nothing registered yet, or all finished).
+    pub(crate) fn status(&self, now: Instant) -> Option<SplitStatus> {
+        let mut min: Option<i64> = None;
+        let mut any_idle = false;
+        for s in self.splits.iter().filter(|s| !s.finished) {
+            if self.idleness.is_some_and(|t| now.duration_since(s.last_data) >= t) {
+                any_idle = true;
+                continue;
+            }
+            let wm = if s.max_ts == i64::MIN { i64::MIN } else { s.max_ts.saturating_sub(self.out_of_orderness_ms) };
+            min = Some(min.map_or(wm, |m: i64| m.min(wm)));
+        }
+        match (min, any_idle) {
+            (Some(w), _) => Some(SplitStatus::Watermark(w)),
+            (None, true) => Some(SplitStatus::Idle),
+            (None, false) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_is_min_over_active_splits_and_idle_splits_drop_out() {
+        let t0 = Instant::now();
+        let mut w = SplitWatermarks::new(10, Some(Duration::from_secs(1)));
+        assert_eq!(w.status(t0), None);
+        w.observe(1, Some(100), t0);
+        w.observe(2, Some(50), t0);
+        assert_eq!(w.status(t0), Some(SplitStatus::Watermark(40)));
+        let later = t0 + Duration::from_secs(2);
+        w.observe(1, Some(120), later);
+        assert_eq!(w.status(later), Some(SplitStatus::Watermark(110)), "split 2 idle");
+        w.finish(1);
+        assert_eq!(w.status(later), Some(SplitStatus::Idle));
+        w.observe(2, Some(60), later);
+        assert_eq!(w.status(later), Some(SplitStatus::Watermark(50)), "split 2 rejoined");
+    }
+}

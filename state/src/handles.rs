@@ -1,0 +1,537 @@
+//! Typed views of keyed state: descriptors say what a state is, views read and write it for the
+//! backend's current key.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::backend::{KeyedStateBackend, StateKind, StateTtlConfig};
+use crate::codec;
+
+/// Folds values into an accumulator and produces a result from it (Flink's `AggregateFunction`).
+///
+/// ```
+/// use weir_state::AggregateFunction;
+/// struct Avg;
+/// impl AggregateFunction for Avg {
+///     type In = f64;
+///     type Acc = (f64, u64);
+///     type Out = f64;
+///     fn create_accumulator(&self) -> (f64, u64) { (0.0, 0) }
+///     fn add(&self, acc: &mut (f64, u64), v: &f64) { acc.0 += v; acc.1 += 1; }
+///     fn get_result(&self, acc: &(f64, u64)) -> f64 { acc.0 / acc.1 as f64 }
+///     fn merge(&self, a: (f64, u64), b: (f64, u64)) -> (f64, u64) { (a.0 + b.0, a.1 + b.1) }
+/// }
+/// let mut acc = Avg.create_accumulator();
+/// Avg.add(&mut acc, &1.0);
+/// Avg.add(&mut acc, &3.0);
+/// assert_eq!(Avg.get_result(&acc), 2.0);
+/// ```
+pub trait AggregateFunction: Send + Sync + 'static {
+    /// The input values.
+    type In;
+    /// The accumulator kept in state.
+    type Acc: Serialize + DeserializeOwned;
+    /// The result.
+    type Out;
+    /// A fresh accumulator.
+    fn create_accumulator(&self) -> Self::Acc;
+    /// Adds one value to an accumulator.
+    fn add(&self, acc: &mut Self::Acc, value: &Self::In);
+    /// The result of an accumulator.
+    fn get_result(&self, acc: &Self::Acc) -> Self::Out;
+    /// Merges two accumulators (used by session windows).
+    fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
+}
+
+/// The function a reducing state folds values with.
+pub type ReduceFn<T> = Arc<dyn Fn(&T, &T) -> T + Send + Sync>;
+
+fn now_expiry(b: &KeyedStateBackend, ttl: &StateTtlConfig) -> i64 {
+    b.now().saturating_add(ttl.ttl_ms)
+}
+
+/// Splits a stored value into (expiry, payload) given the state's TTL.
+fn split_ttl<'a>(bytes: &'a [u8], ttl: Option<&StateTtlConfig>) -> Result<(Option<i64>, &'a [u8])> {
+    match ttl {
+        None => Ok((None, bytes)),
+        Some(_) => {
+            let head: [u8; 8] = bytes
+                .get(..8)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| anyhow::anyhow!("state value shorter than its TTL header"))?;
+            Ok((Some(i64::from_be_bytes(head)), &bytes[8..]))
+        }
+    }
+}
+
+fn encode_value<T: Serialize + ?Sized>(
+    b: &KeyedStateBackend,
+    ttl: Option<&StateTtlConfig>,
+    value: &T,
+) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(32);
+    if let Some(ttl) = ttl {
+        buf.extend_from_slice(&now_expiry(b, ttl).to_be_bytes());
+    }
+    codec::encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads one value of state `id`, honouring TTL (expired entries are deleted and not returned).
+fn read_value<T: DeserializeOwned>(b: &mut KeyedStateBackend, id: usize, ns: &[u8], extra: &[u8]) -> Result<Option<T>> {
+    let Some(bytes) = b.raw_get(id, ns, extra)? else { return Ok(None) };
+    let ttl = b.meta(id).ttl;
+    let (expiry, mut payload) = split_ttl(&bytes, ttl.as_ref())?;
+    if let (Some(expiry), Some(ttl)) = (expiry, ttl) {
+        if expiry <= b.now() {
+            b.raw_delete(id, ns, extra)?;
+            return Ok(None);
+        }
+        if ttl.update_on_read {
+            let mut refreshed = now_expiry(b, &ttl).to_be_bytes().to_vec();
+            refreshed.extend_from_slice(payload);
+            b.raw_put(id, ns, extra, &refreshed)?;
+        }
+    }
+    Ok(Some(codec::decode_from(&mut payload)?))
+}
+
+fn write_value<T: Serialize + ?Sized>(
+    b: &mut KeyedStateBackend,
+    id: usize,
+    ns: &[u8],
+    extra: &[u8],
+    value: &T,
+) -> Result<()> {
+    let ttl = b.meta(id).ttl;
+    let bytes = encode_value(b, ttl.as_ref(), value)?;
+    b.raw_put(id, ns, extra, &bytes)
+}
+
+macro_rules! descriptor {
+    ($(#[$doc:meta])* $name:ident, $kind:expr) => {
+        $(#[$doc])*
+        pub struct $name<T> {
+            name: Arc<str>,
+            ttl: Option<StateTtlConfig>,
+            _t: PhantomData<fn() -> T>,
+        }
+
+        impl<T> $name<T> {
+            /// A state called `name` (unique within the operator).
+            pub fn new(name: &str) -> Self {
+                $name { name: name.into(), ttl: None, _t: PhantomData }
+            }
+
+            /// Entries of this state expire after `ttl`.
+            pub fn with_ttl(mut self, ttl: StateTtlConfig) -> Self {
+                self.ttl = Some(ttl);
+                self
+            }
+
+            /// The state's name.
+            pub fn name(&self) -> &str {
+                &self.name
+            }
+
+            fn id(&self, b: &mut KeyedStateBackend) -> Result<usize> {
+                b.state_id(&self.name, $kind, self.ttl)
+            }
+        }
+
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                $name { name: self.name.clone(), ttl: self.ttl, _t: PhantomData }
+            }
+        }
+    };
+}
+
+descriptor!(
+    /// Declares a [`ValueState`].
+    ValueStateDescriptor,
+    StateKind::Value
+);
+descriptor!(
+    /// Declares a [`ListState`].
+    ListStateDescriptor,
+    StateKind::List
+);
+
+/// Declares a [`MapState`] from `UK` to `UV`.
+pub struct MapStateDescriptor<UK, UV> {
+    inner: ValueStateDescriptor<(UK, UV)>,
+}
+
+impl<UK, UV> MapStateDescriptor<UK, UV> {
+    /// A map state called `name`.
+    pub fn new(name: &str) -> Self {
+        MapStateDescriptor { inner: ValueStateDescriptor::new(name) }
+    }
+    /// Entries of this map expire after `ttl` (each entry on its own).
+    pub fn with_ttl(self, ttl: StateTtlConfig) -> Self {
+        MapStateDescriptor { inner: self.inner.with_ttl(ttl) }
+    }
+    /// The state's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+impl<UK, UV> Clone for MapStateDescriptor<UK, UV> {
+    fn clone(&self) -> Self {
+        MapStateDescriptor { inner: self.inner.clone() }
+    }
+}
+
+/// Declares a [`ReducingState`] that folds values with a reduce function.
+pub struct ReducingStateDescriptor<T> {
+    inner: ValueStateDescriptor<T>,
+    reduce: ReduceFn<T>,
+}
+
+impl<T> ReducingStateDescriptor<T> {
+    /// A reducing state called `name` that combines values with `reduce`.
+    pub fn new(name: &str, reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static) -> Self {
+        ReducingStateDescriptor { inner: ValueStateDescriptor::new(name), reduce: Arc::new(reduce) }
+    }
+    /// Entries expire after `ttl`.
+    pub fn with_ttl(self, ttl: StateTtlConfig) -> Self {
+        ReducingStateDescriptor { inner: self.inner.with_ttl(ttl), reduce: self.reduce }
+    }
+    /// The state's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+impl<T> Clone for ReducingStateDescriptor<T> {
+    fn clone(&self) -> Self {
+        ReducingStateDescriptor { inner: self.inner.clone(), reduce: self.reduce.clone() }
+    }
+}
+
+/// Declares an [`AggregatingState`] that keeps the accumulator of an [`AggregateFunction`].
+pub struct AggregatingStateDescriptor<A: AggregateFunction> {
+    inner: ValueStateDescriptor<A::Acc>,
+    agg: Arc<A>,
+}
+
+impl<A: AggregateFunction> AggregatingStateDescriptor<A> {
+    /// An aggregating state called `name` using `agg`.
+    pub fn new(name: &str, agg: A) -> Self {
+        AggregatingStateDescriptor { inner: ValueStateDescriptor::new(name), agg: Arc::new(agg) }
+    }
+    /// Entries expire after `ttl`.
+    pub fn with_ttl(self, ttl: StateTtlConfig) -> Self {
+        AggregatingStateDescriptor { inner: self.inner.with_ttl(ttl), agg: self.agg }
+    }
+    /// The state's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+    /// The aggregate function.
+    pub fn function(&self) -> &A {
+        &self.agg
+    }
+}
+
+impl<A: AggregateFunction> Clone for AggregatingStateDescriptor<A> {
+    fn clone(&self) -> Self {
+        AggregatingStateDescriptor { inner: self.inner.clone(), agg: self.agg.clone() }
+    }
+}
+
+/// A single value per key (and namespace).
+pub struct ValueState<'a, T> {
+    b: &'a mut KeyedStateBackend,
+    id: usize,
+    ns: Vec<u8>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
+    /// Scopes the view to a namespace (e.g. a window) given as encoded bytes.
+    pub fn in_namespace(mut self, ns: &[u8]) -> Self {
+        self.ns = ns.to_vec();
+        self
+    }
+    /// The value, or `None` if unset or expired.
+    pub fn value(&mut self) -> Result<Option<T>> {
+        read_value(self.b, self.id, &self.ns, &[])
+    }
+    /// Sets the value.
+    pub fn update(&mut self, value: &T) -> Result<()> {
+        write_value(self.b, self.id, &self.ns, &[], value)
+    }
+    /// Removes the value.
+    pub fn clear(&mut self) -> Result<()> {
+        self.b.raw_delete(self.id, &self.ns, &[])
+    }
+}
+
+/// An appendable list per key (and namespace); appends are RocksDB merges, no read needed.
+pub struct ListState<'a, T> {
+    b: &'a mut KeyedStateBackend,
+    id: usize,
+    ns: Vec<u8>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
+    /// Scopes the view to a namespace given as encoded bytes.
+    pub fn in_namespace(mut self, ns: &[u8]) -> Self {
+        self.ns = ns.to_vec();
+        self
+    }
+    /// Appends one element.
+    pub fn add(&mut self, value: &T) -> Result<()> {
+        let ttl = self.b.meta(self.id).ttl;
+        let bytes = encode_value(self.b, ttl.as_ref(), value)?;
+        self.b.raw_merge(self.id, &self.ns, &bytes)
+    }
+    /// All live elements in insertion order.
+    pub fn get(&mut self) -> Result<Vec<T>> {
+        let Some(bytes) = self.b.raw_get(self.id, &self.ns, &[])? else { return Ok(Vec::new()) };
+        let ttl = self.b.meta(self.id).ttl;
+        let now = self.b.now();
+        let mut rest = &bytes[..];
+        let mut out = Vec::new();
+        let mut expired = 0;
+        while !rest.is_empty() {
+            let (expiry, payload) = split_ttl(rest, ttl.as_ref())?;
+            let mut p = payload;
+            let v: T = codec::decode_from(&mut p)?;
+            rest = p;
+            match expiry {
+                Some(e) if e <= now => expired += 1,
+                _ => out.push(v),
+            }
+        }
+        if expired > 0 {
+            self.update(&out)?;
+        }
+        Ok(out)
+    }
+    /// Replaces the list.
+    pub fn update(&mut self, values: &[T]) -> Result<()> {
+        let ttl = self.b.meta(self.id).ttl;
+        let mut bytes = Vec::new();
+        for v in values {
+            bytes.extend_from_slice(&encode_value(self.b, ttl.as_ref(), v)?);
+        }
+        if bytes.is_empty() {
+            self.clear()
+        } else {
+            self.b.raw_put(self.id, &self.ns, &[], &bytes)
+        }
+    }
+    /// Removes the list.
+    pub fn clear(&mut self) -> Result<()> {
+        self.b.raw_delete(self.id, &self.ns, &[])
+    }
+}
+
+/// A map per key (and namespace); each entry is its own RocksDB entry.
+pub struct MapState<'a, UK, UV> {
+    b: &'a mut KeyedStateBackend,
+    id: usize,
+    ns: Vec<u8>,
+    _t: PhantomData<fn() -> (UK, UV)>,
+}
+
+impl<UK: Serialize + DeserializeOwned, UV: Serialize + DeserializeOwned> MapState<'_, UK, UV> {
+    /// Scopes the view to a namespace given as encoded bytes.
+    pub fn in_namespace(mut self, ns: &[u8]) -> Self {
+        self.ns = ns.to_vec();
+        self
+    }
+    /// The value under `key`.
+    pub fn get(&mut self, key: &UK) -> Result<Option<UV>> {
+        let uk = codec::encode(key)?;
+        read_value(self.b, self.id, &self.ns, &uk)
+    }
+    /// Sets the value under `key`.
+    pub fn put(&mut self, key: &UK, value: &UV) -> Result<()> {
+        let uk = codec::encode(key)?;
+        write_value(self.b, self.id, &self.ns, &uk, value)
+    }
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &UK) -> Result<()> {
+        let uk = codec::encode(key)?;
+        self.b.raw_delete(self.id, &self.ns, &uk)
+    }
+    /// Whether `key` has a live value.
+    pub fn contains(&mut self, key: &UK) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+    /// All live entries, ordered by encoded key.
+    pub fn entries(&mut self) -> Result<Vec<(UK, UV)>> {
+        let raw = self.b.raw_scan(self.id, &self.ns)?;
+        let ttl = self.b.meta(self.id).ttl;
+        let now = self.b.now();
+        let mut out = Vec::with_capacity(raw.len());
+        for (k, v) in raw {
+            let (expiry, mut payload) = split_ttl(&v, ttl.as_ref())?;
+            if matches!(expiry, Some(e) if e <= now) {
+                self.b.raw_delete(self.id, &self.ns, &k)?;
+                continue;
+            }
+            out.push((codec::decode(&k)?, codec::decode_from(&mut payload)?));
+        }
+        Ok(out)
+    }
+    /// Whether the map has no live entry.
+    pub fn is_empty(&mut self) -> Result<bool> {
+        Ok(self.entries()?.is_empty())
+    }
+    /// Removes every entry of the map.
+    pub fn clear(&mut self) -> Result<()> {
+        for (k, _) in self.b.raw_scan(self.id, &self.ns)? {
+            self.b.raw_delete(self.id, &self.ns, &k)?;
+        }
+        Ok(())
+    }
+}
+
+/// A value folded with a reduce function on every add.
+pub struct ReducingState<'a, T> {
+    inner: ValueState<'a, T>,
+    reduce: ReduceFn<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
+    /// Scopes the view to a namespace given as encoded bytes.
+    pub fn in_namespace(mut self, ns: &[u8]) -> Self {
+        self.inner = self.inner.in_namespace(ns);
+        self
+    }
+    /// The reduced value so far.
+    pub fn get(&mut self) -> Result<Option<T>> {
+        self.inner.value()
+    }
+    /// Folds `value` in.
+    pub fn add(&mut self, value: &T) -> Result<()> {
+        let next = match self.inner.value()? {
+            Some(cur) => (self.reduce)(&cur, value),
+            None => return self.inner.update(value),
+        };
+        self.inner.update(&next)
+    }
+    /// Removes the value.
+    pub fn clear(&mut self) -> Result<()> {
+        self.inner.clear()
+    }
+}
+
+/// The accumulator of an aggregate function per key (and namespace).
+pub struct AggregatingState<'a, A: AggregateFunction> {
+    inner: ValueState<'a, A::Acc>,
+    agg: Arc<A>,
+}
+
+impl<A: AggregateFunction> AggregatingState<'_, A> {
+    /// Scopes the view to a namespace given as encoded bytes.
+    pub fn in_namespace(mut self, ns: &[u8]) -> Self {
+        self.inner = self.inner.in_namespace(ns);
+        self
+    }
+    /// The current result, or `None` if nothing was added.
+    pub fn get(&mut self) -> Result<Option<A::Out>> {
+        Ok(self.inner.value()?.map(|acc| self.agg.get_result(&acc)))
+    }
+    /// The raw accumulator.
+    pub fn accumulator(&mut self) -> Result<Option<A::Acc>> {
+        self.inner.value()
+    }
+    /// Replaces the raw accumulator.
+    pub fn set_accumulator(&mut self, acc: &A::Acc) -> Result<()> {
+        self.inner.update(acc)
+    }
+    /// Adds one value.
+    pub fn add(&mut self, value: &A::In) -> Result<()> {
+        let mut acc = self.inner.value()?.unwrap_or_else(|| self.agg.create_accumulator());
+        self.agg.add(&mut acc, value);
+        self.inner.update(&acc)
+    }
+    /// Removes the accumulator.
+    pub fn clear(&mut self) -> Result<()> {
+        self.inner.clear()
+    }
+}
+
+/// Anything that declares a state and can be bound to a backend to give a typed view.
+///
+/// ```
+/// use weir_state::{KeyedStateBackend, KeyGroupRange, ListStateDescriptor, StateDescriptor};
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut b = KeyedStateBackend::open(dir.path(), KeyGroupRange::for_subtask(128, 1, 0), 128).unwrap();
+/// let seen = ListStateDescriptor::<String>::new("seen");
+/// b.set_current_key(&1u32).unwrap();
+/// seen.bind(&mut b).unwrap().add(&"a".to_string()).unwrap();
+/// seen.bind(&mut b).unwrap().add(&"b".to_string()).unwrap();
+/// assert_eq!(seen.bind(&mut b).unwrap().get().unwrap(), vec!["a", "b"]);
+/// ```
+pub trait StateDescriptor {
+    /// The typed view.
+    type Handle<'a>;
+    /// Declares the state in `backend` (once) and returns a view for the current key.
+    fn bind<'a>(&self, backend: &'a mut KeyedStateBackend) -> Result<Self::Handle<'a>>;
+}
+
+impl<T: Serialize + DeserializeOwned> StateDescriptor for ValueStateDescriptor<T> {
+    type Handle<'a> = ValueState<'a, T>;
+    fn bind<'a>(&self, b: &'a mut KeyedStateBackend) -> Result<ValueState<'a, T>> {
+        let id = self.id(b)?;
+        Ok(ValueState { b, id, ns: Vec::new(), _t: PhantomData })
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> StateDescriptor for ListStateDescriptor<T> {
+    type Handle<'a> = ListState<'a, T>;
+    fn bind<'a>(&self, b: &'a mut KeyedStateBackend) -> Result<ListState<'a, T>> {
+        let id = self.id(b)?;
+        Ok(ListState { b, id, ns: Vec::new(), _t: PhantomData })
+    }
+}
+
+impl<UK: Serialize + DeserializeOwned, UV: Serialize + DeserializeOwned> StateDescriptor
+    for MapStateDescriptor<UK, UV>
+{
+    type Handle<'a> = MapState<'a, UK, UV>;
+    fn bind<'a>(&self, b: &'a mut KeyedStateBackend) -> Result<MapState<'a, UK, UV>> {
+        let id = b.state_id(self.inner.name(), StateKind::Map, self.inner.ttl)?;
+        Ok(MapState { b, id, ns: Vec::new(), _t: PhantomData })
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> StateDescriptor for ReducingStateDescriptor<T> {
+    type Handle<'a> = ReducingState<'a, T>;
+    fn bind<'a>(&self, b: &'a mut KeyedStateBackend) -> Result<ReducingState<'a, T>> {
+        let id = b.state_id(self.inner.name(), StateKind::Reducing, self.inner.ttl)?;
+        let inner = ValueState { b, id, ns: Vec::new(), _t: PhantomData };
+        Ok(ReducingState { inner, reduce: self.reduce.clone() })
+    }
+}
+
+impl<A: AggregateFunction> StateDescriptor for AggregatingStateDescriptor<A> {
+    type Handle<'a> = AggregatingState<'a, A>;
+    fn bind<'a>(&self, b: &'a mut KeyedStateBackend) -> Result<AggregatingState<'a, A>> {
+        let id = b.state_id(self.inner.name(), StateKind::Aggregating, self.inner.ttl)?;
+        let inner = ValueState { b, id, ns: Vec::new(), _t: PhantomData };
+        Ok(AggregatingState { inner, agg: self.agg.clone() })
+    }
+}
+
+impl KeyedStateBackend {
+    /// A view of a value state for the current key.
+    pub fn value_state<T: Serialize + DeserializeOwned>(
+        &mut self,
+        d: &ValueStateDescriptor<T>,
+    ) -> Result<ValueState<'_, T>> {
+        d.bind(self)
+    }
+}

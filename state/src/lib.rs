@@ -1,0 +1,22 @@
+//! Keyed state for weir: a RocksDB backend organised in key groups, typed state handles with TTL,
+//! and timer storage.
+//!
+//! Operators never use this crate's backend directly: the runtime owns one [`KeyedStateBackend`] per
+//! stateful subtask, sets the current key, and operators reach state through descriptors bound via
+//! their context.
+
+#![warn(missing_docs)]
+
+mod backend;
+pub mod codec;
+mod handles;
+pub mod keygroup;
+
+pub use backend::{
+    system_clock, Clock, KeyedStateBackend, StateKind, StateMeta, StateTtlConfig, TimeDomain, Timer, META_CF, TIMERS_CF,
+};
+pub use handles::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
+    MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateDescriptor, ValueState, ValueStateDescriptor,
+};
+pub use keygroup::{KeyGroupRange, DEFAULT_MAX_PARALLELISM};

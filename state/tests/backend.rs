@@ -1,0 +1,171 @@
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_state::*;
+
+fn open(dir: &std::path::Path) -> KeyedStateBackend {
+    KeyedStateBackend::open(dir, KeyGroupRange::for_subtask(128, 1, 0), 128).unwrap()
+}
+
+struct SumCount;
+impl AggregateFunction for SumCount {
+    type In = u64;
+    type Acc = (u64, u64);
+    type Out = f64;
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, acc: &mut (u64, u64), v: &u64) {
+        acc.0 += v;
+        acc.1 += 1;
+    }
+    fn get_result(&self, acc: &(u64, u64)) -> f64 {
+        acc.0 as f64 / acc.1 as f64
+    }
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+#[test]
+fn every_state_kind_is_scoped_to_the_current_key_and_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    let value = ValueStateDescriptor::<String>::new("value");
+    let list = ListStateDescriptor::<u32>::new("list");
+    let map = MapStateDescriptor::<String, i64>::new("map");
+    let red = ReducingStateDescriptor::<u64>::new("max", |a, b| *a.max(b));
+    let agg = AggregatingStateDescriptor::new("avg", SumCount);
+
+    for key in 0..50u64 {
+        b.set_current_key(&key).unwrap();
+        value.bind(&mut b).unwrap().update(&format!("v{key}")).unwrap();
+        for i in 0..(key % 5) as u32 {
+            list.bind(&mut b).unwrap().add(&i).unwrap();
+        }
+        map.bind(&mut b).unwrap().put(&"a".into(), &(key as i64)).unwrap();
+        map.bind(&mut b).unwrap().put(&"b".into(), &-(key as i64)).unwrap();
+        for v in [key, key * 3, 2] {
+            red.bind(&mut b).unwrap().add(&v).unwrap();
+            agg.bind(&mut b).unwrap().add(&v).unwrap();
+        }
+        // The same key in another namespace is a separate entry.
+        value.bind(&mut b).unwrap().in_namespace(b"ns1").update(&"other".into()).unwrap();
+    }
+    for key in 0..50u64 {
+        b.set_current_key(&key).unwrap();
+        assert_eq!(value.bind(&mut b).unwrap().value().unwrap(), Some(format!("v{key}")));
+        assert_eq!(value.bind(&mut b).unwrap().in_namespace(b"ns1").value().unwrap(), Some("other".to_string()));
+        let expect: Vec<u32> = (0..(key % 5) as u32).collect();
+        assert_eq!(list.bind(&mut b).unwrap().get().unwrap(), expect);
+        assert_eq!(
+            map.bind(&mut b).unwrap().entries().unwrap(),
+            vec![("a".to_string(), key as i64), ("b".to_string(), -(key as i64))]
+        );
+        assert_eq!(red.bind(&mut b).unwrap().get().unwrap(), Some((key * 3).max(2)));
+        let avg = agg.bind(&mut b).unwrap().get().unwrap().unwrap();
+        assert!((avg - (key as f64 * 4.0 + 2.0) / 3.0).abs() < 1e-9);
+    }
+    b.set_current_key(&7u64).unwrap();
+    map.bind(&mut b).unwrap().remove(&"a".into()).unwrap();
+    assert_eq!(map.bind(&mut b).unwrap().entries().unwrap(), vec![("b".to_string(), -7)]);
+    map.bind(&mut b).unwrap().clear().unwrap();
+    assert!(map.bind(&mut b).unwrap().is_empty().unwrap());
+    b.set_current_key(&8u64).unwrap();
+    assert_eq!(map.bind(&mut b).unwrap().entries().unwrap().len(), 2, "other keys untouched");
+    assert_eq!(b.count_entries("value").unwrap(), 100);
+}
+
+#[test]
+fn a_state_name_cannot_change_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    b.set_current_key(&1).unwrap();
+    ValueStateDescriptor::<u64>::new("s").bind(&mut b).unwrap();
+    let err = ListStateDescriptor::<u64>::new("s").bind(&mut b).err().unwrap();
+    assert!(err.to_string().contains("declared as Value"), "{err}");
+    assert!(ValueStateDescriptor::<u64>::new("_x").bind(&mut b).is_err());
+}
+
+#[test]
+fn ttl_hides_and_removes_expired_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(dir.path());
+    let now = Arc::new(AtomicI64::new(1_000));
+    let clock = now.clone();
+    b.set_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    let ttl = StateTtlConfig::new(Duration::from_millis(100));
+    let v = ValueStateDescriptor::<u64>::new("v").with_ttl(ttl);
+    let touched = ValueStateDescriptor::<u64>::new("touched").with_ttl(ttl.update_on_read());
+    let l = ListStateDescriptor::<u64>::new("l").with_ttl(ttl);
+    let m = MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl);
+    b.set_current_key(&"k").unwrap();
+    v.bind(&mut b).unwrap().update(&1).unwrap();
+    touched.bind(&mut b).unwrap().update(&1).unwrap();
+    l.bind(&mut b).unwrap().add(&1).unwrap();
+    m.bind(&mut b).unwrap().put(&1, &1).unwrap();
+    now.store(1_060, Ordering::SeqCst);
+    l.bind(&mut b).unwrap().add(&2).unwrap();
+    m.bind(&mut b).unwrap().put(&2, &2).unwrap();
+    assert_eq!(touched.bind(&mut b).unwrap().value().unwrap(), Some(1), "read extends life");
+    assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), Some(1));
+    now.store(1_100, Ordering::SeqCst);
+    assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), None, "expired at write + ttl");
+    assert_eq!(touched.bind(&mut b).unwrap().value().unwrap(), Some(1));
+    assert_eq!(l.bind(&mut b).unwrap().get().unwrap(), vec![2], "list elements expire one by one");
+    assert_eq!(m.bind(&mut b).unwrap().entries().unwrap(), vec![(2, 2)]);
+    assert_eq!(b.count_entries("v").unwrap(), 0, "expired value was deleted on read");
+    assert_eq!(b.count_entries("m").unwrap(), 1, "expired map entry was deleted on read");
+}
+
+#[test]
+fn timers_fire_in_order_deduplicate_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut b = open(dir.path());
+        for (key, ts) in [("a", 30), ("b", 10), ("a", 10), ("c", -5), ("b", 10)] {
+            b.set_current_key(&key).unwrap();
+            b.register_timer(TimeDomain::EventTime, ts, b"w").unwrap();
+        }
+        b.set_current_key(&"p").unwrap();
+        b.register_timer(TimeDomain::ProcessingTime, 99, b"").unwrap();
+        b.set_current_key(&"a").unwrap();
+        b.register_timer(TimeDomain::EventTime, 20, b"").unwrap();
+        b.delete_timer(TimeDomain::EventTime, 20, b"").unwrap();
+        assert_eq!(b.timer_count(TimeDomain::EventTime), 4, "duplicate (b,10) kept once");
+        let t = b.pop_due_timer(TimeDomain::EventTime, 0).unwrap().unwrap();
+        assert_eq!((t.ts, weir_state::codec::decode::<String>(t.key_bytes()).unwrap()), (-5, "c".into()));
+    }
+    let mut b = open(dir.path());
+    assert_eq!(b.timer_count(TimeDomain::ProcessingTime), 1);
+    let mut fired = Vec::new();
+    while let Some(t) = b.pop_due_timer(TimeDomain::EventTime, 25).unwrap() {
+        fired.push((t.ts, weir_state::codec::decode::<String>(t.key_bytes()).unwrap()));
+    }
+    // Equal timestamps fire in key-group order, which is not the keys' order.
+    fired.sort();
+    assert_eq!(fired, vec![(10, "a".to_string()), (10, "b".to_string())]);
+    assert_eq!(b.next_timer(TimeDomain::EventTime), Some(30));
+}
+
+#[test]
+fn reopening_keeps_state_and_only_owned_timers_are_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = ValueStateDescriptor::<u64>::new("v");
+    let mut owners = Vec::new();
+    {
+        let mut b = open(dir.path());
+        for key in 0..20u64 {
+            b.set_current_key(&key).unwrap();
+            v.bind(&mut b).unwrap().update(&(key * 10)).unwrap();
+            b.register_timer(TimeDomain::EventTime, key as i64, b"").unwrap();
+            owners.push(b.current_key_group() < 64);
+        }
+    }
+    // A backend that owns only the lower half of the key groups, as subtask 0 of 2 would.
+    let mut b = KeyedStateBackend::open(dir.path(), KeyGroupRange::for_subtask(128, 2, 0), 128).unwrap();
+    assert_eq!(b.timer_count(TimeDomain::EventTime), owners.iter().filter(|o| **o).count());
+    b.set_current_key(&3u64).unwrap();
+    assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), Some(30));
+}
