@@ -179,7 +179,37 @@ pub struct KeyedStateBackend {
     scratch: Vec<u8>,
     event_timers: BTreeSet<Timer>,
     processing_timers: BTreeSet<Timer>,
+    cache: WriteCache,
 }
+
+impl Drop for KeyedStateBackend {
+    fn drop(&mut self) {
+        // Nothing durable depends on this (checkpoints flush explicitly), but a backend reopened
+        // from the same directory should see every write.
+        if let Err(e) = self.flush_cache() {
+            tracing::warn!(error = %e, "flushing keyed state on close failed");
+        }
+    }
+}
+
+/// A cached entry: `None` means deleted; `dirty` entries still have to reach RocksDB.
+struct CacheEntry {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+/// Hot state entries kept in memory between flushes, so that the read-modify-write of every
+/// record (a window accumulator, a running count) does not search the memtable twice. Entries
+/// are keyed by `state id (u16 BE) ‖ RocksDB key`. The whole cache is written to RocksDB in one
+/// `WriteBatch` when it outgrows its byte budget, before every scan, and before a checkpoint.
+struct WriteCache {
+    map: HashMap<Vec<u8>, CacheEntry>,
+    bytes: usize,
+    limit: usize,
+}
+
+/// Default byte budget of a backend's write cache.
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 impl KeyedStateBackend {
     /// Opens (or creates) the backend in `dir` for the key groups in `range`.
@@ -210,6 +240,7 @@ impl KeyedStateBackend {
             scratch: Vec::new(),
             event_timers: BTreeSet::new(),
             processing_timers: BTreeSet::new(),
+            cache: WriteCache { map: HashMap::new(), bytes: 0, limit: DEFAULT_CACHE_BYTES },
         };
         backend.load_meta()?;
         backend.load_timers()?;
@@ -360,13 +391,55 @@ impl KeyedStateBackend {
         &self.states[id]
     }
 
-    /// Builds `current key ‖ ns ‖ extra` into the scratch buffer and runs `f` with it.
-    fn with_full_key<R>(&mut self, ns: &[u8], extra: &[u8], f: impl FnOnce(&Self, &[u8]) -> Result<R>) -> Result<R> {
+    /// Sets the byte budget of the in-memory write cache (0 disables it).
+    pub fn set_cache_limit(&mut self, bytes: usize) -> Result<()> {
+        self.cache.limit = bytes;
+        if self.cache.bytes > bytes {
+            self.flush_cache()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every cached change to RocksDB and empties the cache.
+    pub fn flush_cache(&mut self) -> Result<()> {
+        if self.cache.map.is_empty() {
+            return Ok(());
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        for (k, e) in self.cache.map.drain() {
+            if !e.dirty {
+                continue;
+            }
+            let id = u16::from_be_bytes([k[0], k[1]]) as usize;
+            let cf = self
+                .db
+                .cf_handle(&self.states[id].name)
+                .ok_or_else(|| anyhow!("state column family '{}' is missing", self.states[id].name))?;
+            match e.value {
+                Some(v) => batch.put_cf(cf, &k[2..], v),
+                None => batch.delete_cf(cf, &k[2..]),
+            }
+        }
+        self.cache.bytes = 0;
+        self.db.write_opt(batch, &self.wo)?;
+        Ok(())
+    }
+
+    /// Builds `state id ‖ current key ‖ ns ‖ extra` into the scratch buffer and runs `f` with it;
+    /// the RocksDB key is everything after the first two bytes.
+    fn with_full_key<R>(
+        &mut self,
+        id: usize,
+        ns: &[u8],
+        extra: &[u8],
+        f: impl FnOnce(&mut Self, &[u8]) -> Result<R>,
+    ) -> Result<R> {
         if self.key.is_empty() {
             bail!("keyed state accessed without a current key");
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
+        buf.extend_from_slice(&(id as u16).to_be_bytes());
         buf.extend_from_slice(&self.key);
         buf.extend_from_slice(ns);
         buf.extend_from_slice(extra);
@@ -375,37 +448,78 @@ impl KeyedStateBackend {
         r
     }
 
+    fn cache_store(&mut self, key: &[u8], value: Option<Vec<u8>>, dirty: bool) -> Result<()> {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 48;
+        match self.cache.map.get_mut(key) {
+            Some(e) => {
+                self.cache.bytes += value.as_ref().map_or(0, Vec::len);
+                self.cache.bytes = self.cache.bytes.saturating_sub(e.value.as_ref().map_or(0, Vec::len));
+                e.value = value;
+                e.dirty |= dirty;
+            }
+            None => {
+                self.cache.bytes += size;
+                self.cache.map.insert(key.to_vec(), CacheEntry { value, dirty });
+            }
+        }
+        if self.cache.bytes > self.cache.limit {
+            self.flush_cache()?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn raw_get(&mut self, id: usize, ns: &[u8], extra: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with_full_key(ns, extra, |b, k| {
+        self.with_full_key(id, ns, extra, |b, k| {
+            if let Some(e) = b.cache.map.get(k) {
+                return Ok(e.value.clone());
+            }
             let cf = b.cf(&b.states[id].name)?;
-            Ok(b.db.get_pinned_cf(cf, k)?.map(|v| v.to_vec()))
+            let v = b.db.get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec());
+            if b.cache.limit > 0 {
+                b.cache_store(k, v.clone(), false)?;
+            }
+            Ok(v)
         })
     }
 
     pub(crate) fn raw_put(&mut self, id: usize, ns: &[u8], extra: &[u8], value: &[u8]) -> Result<()> {
-        self.with_full_key(ns, extra, |b, k| {
+        self.with_full_key(id, ns, extra, |b, k| {
+            if b.cache.limit > 0 {
+                return b.cache_store(k, Some(value.to_vec()), true);
+            }
             let cf = b.cf(&b.states[id].name)?;
-            Ok(b.db.put_cf_opt(cf, k, value, &b.wo)?)
+            Ok(b.db.put_cf_opt(cf, &k[2..], value, &b.wo)?)
         })
     }
 
     pub(crate) fn raw_merge(&mut self, id: usize, ns: &[u8], value: &[u8]) -> Result<()> {
-        self.with_full_key(ns, &[], |b, k| {
+        self.with_full_key(id, ns, &[], |b, k| {
+            if let Some(e) = b.cache.map.get(k) {
+                // The only merge operator is concatenation, so the cache can apply it itself.
+                let mut merged = e.value.clone().unwrap_or_default();
+                merged.extend_from_slice(value);
+                return b.cache_store(k, Some(merged), true);
+            }
             let cf = b.cf(&b.states[id].name)?;
-            Ok(b.db.merge_cf_opt(cf, k, value, &b.wo)?)
+            Ok(b.db.merge_cf_opt(cf, &k[2..], value, &b.wo)?)
         })
     }
 
     pub(crate) fn raw_delete(&mut self, id: usize, ns: &[u8], extra: &[u8]) -> Result<()> {
-        self.with_full_key(ns, extra, |b, k| {
+        self.with_full_key(id, ns, extra, |b, k| {
+            if b.cache.limit > 0 {
+                return b.cache_store(k, None, true);
+            }
             let cf = b.cf(&b.states[id].name)?;
-            Ok(b.db.delete_cf_opt(cf, k, &b.wo)?)
+            Ok(b.db.delete_cf_opt(cf, &k[2..], &b.wo)?)
         })
     }
 
     /// All entries whose key starts with `current key ‖ ns`, as (suffix after the prefix, value).
     pub(crate) fn raw_scan(&mut self, id: usize, ns: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.with_full_key(ns, &[], |b, prefix| {
+        self.flush_cache()?;
+        self.with_full_key(id, ns, &[], |b, prefix| {
+            let prefix = &prefix[2..];
             let cf = b.cf(&b.states[id].name)?;
             let mut it = b.db.raw_iterator_cf(cf);
             it.seek(prefix);
@@ -490,7 +604,8 @@ impl KeyedStateBackend {
     }
 
     /// Counts the entries of a state over all keys (for metrics, tests and tools).
-    pub fn count_entries(&self, name: &str) -> Result<u64> {
+    pub fn count_entries(&mut self, name: &str) -> Result<u64> {
+        self.flush_cache()?;
         let cf = self.cf(name)?;
         let mut it = self.db.raw_iterator_cf(cf);
         it.seek_to_first();
@@ -506,7 +621,8 @@ impl KeyedStateBackend {
     /// Writes a consistent, self-contained copy of the state (hard links where possible) to `path`.
     ///
     /// Flushes the memtables first, so this is safe with the WAL disabled.
-    pub fn checkpoint_to(&self, path: &Path) -> Result<()> {
+    pub fn checkpoint_to(&mut self, path: &Path) -> Result<()> {
+        self.flush_cache()?;
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
         cp.create_checkpoint(path).with_context(|| format!("creating RocksDB checkpoint at {}", path.display()))?;
         Ok(())

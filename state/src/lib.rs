@@ -13,7 +13,8 @@ mod handles;
 pub mod keygroup;
 
 pub use backend::{
-    system_clock, Clock, KeyedStateBackend, StateKind, StateMeta, StateTtlConfig, TimeDomain, Timer, META_CF, TIMERS_CF,
+    system_clock, Clock, KeyedStateBackend, StateKind, StateMeta, StateTtlConfig, TimeDomain, Timer,
+    DEFAULT_CACHE_BYTES, META_CF, TIMERS_CF,
 };
 pub use handles::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,

@@ -30,8 +30,16 @@ impl AggregateFunction for SumCount {
 
 #[test]
 fn every_state_kind_is_scoped_to_the_current_key_and_namespace() {
+    // Without the write cache, with one so small it flushes all the time, and with the default.
+    for limit in [0, 300, DEFAULT_CACHE_BYTES] {
+        every_state_kind_with_cache(limit);
+    }
+}
+
+fn every_state_kind_with_cache(limit: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut b = open(dir.path());
+    b.set_cache_limit(limit).unwrap();
     let value = ValueStateDescriptor::<String>::new("value");
     let list = ListStateDescriptor::<u32>::new("list");
     let map = MapStateDescriptor::<String, i64>::new("map");
