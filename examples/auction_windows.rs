@@ -57,8 +57,9 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     dead_letters: Option<PathBuf>,
 
-    /// Generator: bids per second over all subtasks [default: as fast as possible].
-    #[arg(long, value_name = "N", requires = "generate")]
+    /// Bids per second per source subtask (file) or over all subtasks (generator)
+    /// [default: as fast as possible].
+    #[arg(long, value_name = "N")]
     rate: Option<u64>,
 
     /// Generator: random seed.
@@ -126,6 +127,9 @@ fn main() -> Result<()> {
             let mut source = FileSource::<BidIn>::json_lines(path);
             if cli.dead_letters.is_some() {
                 source = source.dead_letters(&malformed);
+            }
+            if let Some(rate) = cli.rate {
+                source = source.rate_limit(rate);
             }
             let strategy =
                 WatermarkStrategy::for_bounded_out_of_orderness(delay).with_timestamp_assigner(|b: &BidIn| b.date_time);

@@ -1,9 +1,18 @@
 //! Checkpoint and savepoint storage of weir, and the `weir` command-line tool.
 //!
-//! The storage layout, metadata format and CLI arrive with checkpointing; this crate already fixes
-//! the on-disk format version so that everything written later carries it.
+//! * [`metadata`]: the versioned `_metadata` format with checksums, and verification.
+//! * [`storage`]: the layout of a job's checkpoint directory, incremental shared files,
+//!   retention, and savepoint copies.
+//! * [`inspect`]: reading a snapshot's keyed state without the job's Rust types.
 
 #![warn(missing_docs)]
 
-/// Version of the checkpoint and savepoint format written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+pub mod inspect;
+pub mod metadata;
+pub mod storage;
+
+pub use metadata::{
+    load, read_metadata, verify, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, OperatorSnapshot,
+    SnapshotKind, SubtaskSnapshot, FORMAT_VERSION, METADATA_FILE as METADATA_FILE_NAME,
+};
+pub use storage::{link_or_copy, CheckpointStorage};

@@ -74,9 +74,61 @@ pub struct JobArgs {
     #[arg(long, default_value = "16", value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
     pub channel_capacity: u32,
 
+    /// Where checkpoints are stored (a directory per job under it). Required for checkpointing.
+    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
+    pub checkpoint_dir: Option<PathBuf>,
+
+    /// Take a checkpoint this often (off if not given).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "checkpoint_dir", help_heading = "Checkpoints")]
+    pub checkpoint_interval: Option<Duration>,
+
+    /// A checkpoint not complete after this long is aborted.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, help_heading = "Checkpoints")]
+    pub checkpoint_timeout: Duration,
+
+    /// Least time between the end of one checkpoint and the start of the next.
+    #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration, help_heading = "Checkpoints")]
+    pub min_pause: Duration,
+
+    /// Failed or aborted checkpoints in a row the job tolerates before it fails.
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Checkpoints")]
+    pub tolerable_failed_checkpoints: u32,
+
+    /// Complete checkpoints kept on disk.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Checkpoints")]
+    pub retained_checkpoints: u32,
+
+    /// What to start from: `latest` (the newest intact checkpoint in --checkpoint-dir, if any),
+    /// `none`, or the path of a savepoint or checkpoint directory.
+    #[arg(long, value_name = "latest|none|PATH", default_value = "latest", help_heading = "Checkpoints")]
+    pub restore: String,
+
+    /// Start even if the snapshot holds state of operators this job does not have.
+    #[arg(long, help_heading = "Checkpoints")]
+    pub allow_non_restored_state: bool,
+
+    /// Where savepoints go (taken on request and when the job is stopped with SIGTERM/SIGINT).
+    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
+    pub savepoint_dir: Option<PathBuf>,
+
+    /// Times the job restarts in-process from its latest checkpoint after a failure (0: exit).
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Checkpoints")]
+    pub restart_attempts: u32,
+
+    /// First delay before an in-process restart; it doubles with every attempt, up to 1 minute.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, help_heading = "Checkpoints")]
+    pub restart_delay: Duration,
+
     /// Seconds between progress lines in the log (records/s, watermark); 0 turns them off.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub progress_interval: Duration,
+}
+
+impl JobArgs {
+    /// Whether checkpoints are taken.
+    pub fn checkpointing(&self) -> bool {
+        self.checkpoint_dir.is_some() && self.checkpoint_interval.is_some()
+    }
 }
 
 impl Default for JobArgs {
@@ -89,6 +141,17 @@ impl Default for JobArgs {
             batch_size: 1024,
             channel_capacity: 16,
             progress_interval: Duration::from_secs(5),
+            checkpoint_dir: None,
+            checkpoint_interval: None,
+            checkpoint_timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            tolerable_failed_checkpoints: 3,
+            retained_checkpoints: 2,
+            restore: "latest".to_string(),
+            allow_non_restored_state: false,
+            savepoint_dir: None,
+            restart_attempts: 3,
+            restart_delay: Duration::from_millis(500),
         }
     }
 }

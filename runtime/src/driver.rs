@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use weir_state::{KeyedStateBackend, TimeDomain};
 
+use crate::checkpointing::{CheckpointEnv, LocalSnapshot};
 use crate::element::{CheckpointBarrier, Data, Record};
 use crate::error::panic_message;
 use crate::operator::{
@@ -22,6 +23,9 @@ pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
 pub(crate) struct DriverEnv {
     pub ctx: OperatorContext,
+    pub checkpoint: Option<CheckpointEnv>,
+    /// Operator states of the previous run, handed to the operator before `open`.
+    pub restored: Option<Vec<Vec<u8>>>,
     pub backend: Option<KeyedStateBackend>,
     pub records_in: Counter,
     pub records_out: Counter,
@@ -50,6 +54,15 @@ pub(crate) trait DriverOp: 'static {
     fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<Self::Out>) -> Result<()>;
     fn next_wakeup(&self, env: &DriverEnv) -> Option<i64>;
     fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Self::Out>) -> Result<()>;
+    fn snapshot(&mut self, _id: u64, _env: &mut DriverEnv) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn restore(&mut self, _states: Vec<Vec<u8>>, _env: &mut DriverEnv) -> Result<()> {
+        Ok(())
+    }
+    fn checkpoint_complete(&mut self, _id: u64, _env: &mut DriverEnv) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn downcast<T: 'static>(batch: &mut dyn Any) -> Result<&mut Vec<Record<T>>> {
@@ -107,6 +120,15 @@ impl<Op: Operator> DriverOp for OneInput<Op> {
     fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
         out.set_timestamp(None);
         self.0.end_input(&mut env.ctx, out)
+    }
+    fn snapshot(&mut self, id: u64, env: &mut DriverEnv) -> Result<Option<Vec<u8>>> {
+        self.0.snapshot_state(id, &mut env.ctx)
+    }
+    fn restore(&mut self, states: Vec<Vec<u8>>, env: &mut DriverEnv) -> Result<()> {
+        self.0.restore_state(states, &mut env.ctx)
+    }
+    fn checkpoint_complete(&mut self, id: u64, env: &mut DriverEnv) -> Result<()> {
+        self.0.notify_checkpoint_complete(id, &mut env.ctx)
     }
 }
 
@@ -335,7 +357,12 @@ impl<D: DriverOp> OperatorDriver<D> {
             side_bufs.ports.push((name, buf));
             side_outs.push(out);
         }
-        match catch_unwind(AssertUnwindSafe(|| op.open(&mut env))) {
+        match catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+            if let Some(states) = env.restored.take() {
+                op.restore(states, &mut env)?;
+            }
+            op.open(&mut env)
+        })) {
             Ok(r) => r.with_context(|| format!("{label} failed to open"))?,
             Err(p) => bail!("{label} panicked while opening: {}", panic_message(&*p)),
         }
@@ -403,7 +430,31 @@ impl<D: DriverOp> Downstream for OperatorDriver<D> {
         self.forward_all(|d| d.idle())
     }
     fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        self.forward_all(|d| d.barrier(barrier))
+        let id = barrier.id;
+        let mut state = None;
+        self.call("snapshot_state", |op, env, _| {
+            state = op.snapshot(id, env)?;
+            Ok(())
+        })?;
+        let env = &mut self.env;
+        if let Some(cp) = env.checkpoint.clone() {
+            let info = env.ctx.info().clone();
+            let (local_db, key_groups) = match env.backend.as_mut() {
+                Some(b) => (Some(cp.snapshot_backend(b, &info.uid, info.subtask, id)?), Some(b.key_group_range())),
+                None => (None, None),
+            };
+            crate::fault::crash_point("mid-snapshot", id);
+            self.forward_all(|d| d.barrier(barrier))?;
+            let watermark = self.env.ctx.watermark;
+            cp.ack(id, info.subtask, LocalSnapshot { local_db, operator_state: state, watermark, key_groups });
+            Ok(())
+        } else {
+            self.forward_all(|d| d.barrier(barrier))
+        }
+    }
+    fn checkpoint_complete(&mut self, id: u64) -> Result<()> {
+        self.call("notify_checkpoint_complete", |op, env, _| op.checkpoint_complete(id, env))?;
+        self.forward_all(|d| d.checkpoint_complete(id))
     }
     fn end_of_input(&mut self) -> Result<()> {
         self.call("end_input", |op, env, out| op.end_input(env, out))?;

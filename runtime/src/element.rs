@@ -37,6 +37,9 @@ pub struct CheckpointBarrier {
     pub timestamp: i64,
     /// Whether this is a savepoint.
     pub savepoint: bool,
+    /// Whether the job ends once this checkpoint completes (the final checkpoint of a bounded
+    /// job, or stop-with-savepoint): sources emit nothing after it.
+    pub terminal: bool,
 }
 
 /// One element on a channel between two tasks.

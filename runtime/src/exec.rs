@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{unbounded, Sender};
 
 use crate::args::JobArgs;
+use crate::checkpointing::{
+    check_restore, initial_restore, io_thread, CheckpointEnv, IoDone, IoJob, Restore, SharedRestore, TaskEvent,
+};
+use crate::element::CheckpointBarrier;
 use crate::error::{is_cancelled, panic_message};
 use crate::graph::{BuildContext, Graph, NodeKind, Partition};
 use crate::metrics::JobMetrics;
@@ -19,6 +23,7 @@ use crate::operator::TaskInfo;
 use crate::output::{SendEnv, TaskHead};
 use crate::source::RunnableSource;
 use crate::task::{run_input_task, Control, InputChannel, TaskEnv};
+use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
 
 /// What a finished job reports.
 #[derive(Debug, Clone)]
@@ -149,6 +154,8 @@ enum Built {
 struct TaskBuilder<'a> {
     plan: &'a Plan,
     subtask: usize,
+    events: Option<Sender<TaskEvent>>,
+    restore: SharedRestore,
     job_name: &'a str,
     state_root: &'a std::path::Path,
     metrics: &'a JobMetrics,
@@ -194,8 +201,15 @@ impl TaskBuilder<'_> {
             parallelism: plan.parallelism[node],
             max_parallelism: plan.max_parallelism,
         };
+        let checkpoint = self.events.as_ref().map(|events| CheckpointEnv {
+            events: events.clone(),
+            local_root: self.state_root.join(".snapshots"),
+            node,
+        });
         let ctx = BuildContext {
             info,
+            checkpoint,
+            restore: self.restore.clone(),
             metrics: self.metrics.group(uid),
             state_dir: self.state_root.join(format!("{uid}-{}", self.subtask)),
             main: main.ok_or_else(|| anyhow!("internal error: node without main port"))?,
@@ -239,6 +253,18 @@ fn progress_reporter(metrics: JobMetrics, source_uids: Vec<String>, interval: Du
     }
 }
 
+/// A request for a savepoint, answered with its path once complete.
+pub(crate) struct SavepointRequest {
+    pub stop: bool,
+    pub reply: Sender<Result<PathBuf, String>>,
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    Finished,
+    Failed(anyhow::Error),
+}
+
 pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<JobResult> {
     let started = Instant::now();
     let plan = Arc::new(plan(graph, args)?);
@@ -255,7 +281,82 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
     };
     std::fs::create_dir_all(&state_root)
         .with_context(|| format!("creating state directory {}", state_root.display()))?;
+    let storage = match (&args.checkpoint_dir, args.checkpointing()) {
+        (Some(dir), true) => Some(CheckpointStorage::new(dir, &sanitize(job_name))?),
+        _ => None,
+    };
+    let mut restore = initial_restore(&args.restore, storage.as_ref())?;
+    if let Some(r) = &restore {
+        check_restore(r, &plan.uids, plan.max_parallelism, args.allow_non_restored_state)?;
+        tracing::info!(checkpoint = r.meta.checkpoint_id, path = %r.dir.display(), "restoring");
+    }
+    if let Some(s) = &storage {
+        // Drops what a crashed run left behind: abandoned checkpoints and unreferenced shared files.
+        s.retain(args.retained_checkpoints as usize)?;
+    }
+    let stop_signal = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while stopping terminates at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop_signal.clone())?;
+        signal_hook::flag::register(sig, stop_signal.clone())?;
+    }
+    let metrics = JobMetrics::default();
+    let mut attempt = 0u32;
+    loop {
+        let shared = restore.take().map(|snapshot| Arc::new(Restore { snapshot }));
+        let end =
+            run_attempt(&plan, args, job_name, &state_root, storage.as_ref(), shared.clone(), &metrics, &stop_signal)?;
+        match end {
+            AttemptEnd::Finished => break,
+            AttemptEnd::Failed(e) => {
+                let can_restart = storage.is_some() && attempt < args.restart_attempts;
+                if !can_restart {
+                    tracing::error!(error = format!("{e:#}"), "job '{job_name}' failed");
+                    return Err(e.context(format!("job '{job_name}' failed")));
+                }
+                attempt += 1;
+                let delay = args.restart_delay.saturating_mul(1 << (attempt - 1).min(16)).min(Duration::from_secs(60));
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    "job failed; restarting from the latest checkpoint"
+                );
+                std::thread::sleep(delay);
+                restore = match storage.as_ref().map(|s| s.latest_valid()).transpose()?.flatten() {
+                    Some(latest) => Some(latest),
+                    None => shared.map(|r| r.snapshot.clone()),
+                };
+            }
+        }
+    }
+    let result = JobResult { counters: metrics.counters(), elapsed: started.elapsed() };
+    tracing::info!(elapsed_ms = result.elapsed.as_millis() as u64, "job '{job_name}' finished");
+    Ok(result)
+}
 
+/// The checkpoint in progress.
+struct Pending {
+    barrier: CheckpointBarrier,
+    started: Instant,
+    expected: usize,
+    snapshots: HashMap<usize, Vec<SubtaskSnapshot>>,
+    received: usize,
+    savepoint: bool,
+    replies: Vec<Sender<Result<PathBuf, String>>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_attempt(
+    plan: &Arc<Plan>,
+    args: &JobArgs,
+    job_name: &str,
+    state_root: &Path,
+    storage: Option<&CheckpointStorage>,
+    restore: SharedRestore,
+    metrics: &JobMetrics,
+    stop_signal: &Arc<AtomicBool>,
+) -> Result<AttemptEnd> {
     // Wire a bounded channel for every (producer subtask, consumer subtask) pair of every edge
     // that crosses tasks.
     let mut wiring: HashMap<(usize, usize), Wiring> = HashMap::new();
@@ -276,21 +377,29 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         }
     }
 
-    let metrics = JobMetrics::default();
+    let checkpointing = storage.is_some();
+    let (events_tx, events_rx) = unbounded::<TaskEvent>();
     let cancel = Arc::new(AtomicBool::new(false));
     let (exit_tx, exit_rx) = unbounded::<TaskExit>();
     let mut controls: Vec<Sender<Control>> = Vec::new();
+    let mut source_controls: Vec<Sender<Control>> = Vec::new();
     let mut handles = Vec::new();
-    let task_env = TaskEnv { batch_size: args.batch_size as usize, buffer_timeout: args.buffer_timeout };
+    let task_env = TaskEnv { batch_size: args.batch_size as usize, buffer_timeout: args.buffer_timeout, checkpointing };
     let heads: Vec<usize> = (0..plan.graph.nodes.len()).filter(|&i| plan.head_of[i] == i).collect();
     for &head in &heads {
+        let is_source = matches!(plan.graph.nodes[head].kind, NodeKind::Source(_));
         for subtask in 0..plan.parallelism[head] {
             let mut w = wiring.remove(&(head, subtask)).unwrap_or_default();
             let (ctl_tx, ctl_rx) = unbounded::<Control>();
+            if is_source {
+                source_controls.push(ctl_tx.clone());
+            }
             controls.push(ctl_tx);
             let label = format!("{} {}/{}", plan.graph.nodes[head].name, subtask + 1, plan.parallelism[head]);
             let (plan, metrics, exit_tx, task_env) = (plan.clone(), metrics.clone(), exit_tx.clone(), task_env.clone());
-            let (state_root, job_name) = (state_root.clone(), job_name.to_string());
+            let (state_root, job_name) = (state_root.to_path_buf(), job_name.to_string());
+            let events = checkpointing.then(|| events_tx.clone());
+            let restore = restore.clone();
             let send_env = SendEnv {
                 cancel: cancel.clone(),
                 batch_size: args.batch_size as usize,
@@ -303,6 +412,8 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
                     let builder = TaskBuilder {
                         plan: &plan,
                         subtask,
+                        events,
+                        restore,
                         job_name: &job_name,
                         state_root: &state_root,
                         metrics: &metrics,
@@ -333,6 +444,7 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         }
     }
     drop(exit_tx);
+    drop(events_tx);
     let source_uids: Vec<String> = (0..plan.graph.nodes.len())
         .filter(|&i| matches!(plan.graph.nodes[i].kind, NodeKind::Source(_)))
         .map(|i| plan.uids[i].clone())
@@ -345,54 +457,226 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         None
     };
 
+    // The checkpoint coordinator: triggers checkpoints, collects acknowledgements, hands the
+    // storing to the I/O thread and notifies tasks of completions.
+    let (io_tx, io_rx) = unbounded::<IoJob>();
+    let (done_tx, done_rx) = unbounded::<IoDone>();
+    let io = storage.map(|st| {
+        let known = restore.as_ref().map(|r| r.known_files(st)).unwrap_or_default();
+        let run = format!(
+            "{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+        );
+        let st = st.clone();
+        std::thread::Builder::new()
+            .name("weir-checkpoint-io".into())
+            .spawn(move || io_thread(st, run, known, io_rx, done_tx))
+    });
+    let io = io.transpose()?;
+    let mut next_id = match storage {
+        Some(s) => s.max_id()?.max(restore.as_ref().map_or(0, |r| r.snapshot.meta.checkpoint_id)) + 1,
+        None => 0,
+    };
+    let total_subtasks: usize = plan.parallelism.iter().sum();
+    let source_subtasks: usize = (0..plan.graph.nodes.len())
+        .filter(|&i| matches!(plan.graph.nodes[i].kind, NodeKind::Source(_)))
+        .map(|i| plan.parallelism[i])
+        .sum();
+    let mut sources_ended = 0usize;
+    let mut pending: Option<Pending> = None;
+    let mut last_end = Instant::now();
+    let mut failures = 0u32;
+    let mut stop_requested = false;
+    let mut savepoint_waiters: Vec<SavepointRequest> = Vec::new();
+
     let total = handles.len();
     let mut failure: Option<anyhow::Error> = None;
     let mut secondary: Option<anyhow::Error> = None;
     let mut done = 0;
     let mut deadline: Option<Instant> = None;
-    while done < total {
-        let exit = match deadline {
-            None => exit_rx.recv().map_err(|_| anyhow!("internal error: task exits lost")),
-            Some(d) => {
-                exit_rx.recv_deadline(d).map_err(|_| anyhow!("tasks did not stop within 10 s after the job failed"))
-            }
-        };
-        let exit = match exit {
-            Ok(e) => e,
-            Err(e) => {
-                failure.get_or_insert(e);
-                break;
-            }
-        };
-        done += 1;
-        if let Err(e) = exit.result {
-            let first_failure = failure.is_none() && secondary.is_none();
-            if is_cancelled(&e) {
-                secondary.get_or_insert(e.context(format!("task {}", exit.label)));
-            } else if failure.is_none() {
-                failure = Some(e);
-            }
-            if first_failure {
-                cancel.store(true, Ordering::Relaxed);
-                for c in &controls {
-                    let _ = c.send(Control::Cancel);
-                }
-                deadline = Some(Instant::now() + Duration::from_secs(10));
+    let tear_down = |failure_seen: &mut bool| {
+        if !*failure_seen {
+            *failure_seen = true;
+            cancel.store(true, Ordering::Relaxed);
+            for c in &controls {
+                let _ = c.send(Control::Cancel);
             }
         }
+    };
+    let mut torn_down = false;
+    while done < total {
+        // Trigger a checkpoint when one is due, when every source has ended (the final one) or
+        // when a savepoint or a stop was asked for.
+        if checkpointing && pending.is_none() && !torn_down {
+            if stop_signal.load(Ordering::Relaxed) && !stop_requested {
+                stop_requested = true;
+                tracing::info!("stop requested: taking a final savepoint");
+            }
+            let interval_due = args.checkpoint_interval.is_some_and(|iv| last_end.elapsed() >= iv.max(args.min_pause));
+            let all_ended = sources_ended >= source_subtasks;
+            let want_savepoint = !savepoint_waiters.is_empty() || stop_requested;
+            if interval_due || all_ended || want_savepoint {
+                let terminal = all_ended || stop_requested;
+                let savepoint = want_savepoint && args.savepoint_dir.is_some();
+                let barrier =
+                    CheckpointBarrier { id: next_id, timestamp: crate::time::now_millis(), savepoint, terminal };
+                next_id += 1;
+                for c in &source_controls {
+                    let _ = c.send(Control::Trigger(barrier));
+                }
+                let replies = savepoint_waiters.drain(..).map(|w| w.reply).collect();
+                pending = Some(Pending {
+                    barrier,
+                    started: Instant::now(),
+                    expected: total_subtasks,
+                    snapshots: HashMap::new(),
+                    received: 0,
+                    savepoint,
+                    replies,
+                });
+                tracing::debug!(checkpoint = barrier.id, terminal, "checkpoint triggered");
+            }
+        }
+        let wait = Duration::from_millis(20);
+        crossbeam_channel::select! {
+            recv(exit_rx) -> exit => {
+                let exit = match exit {
+                    Ok(e) => e,
+                    Err(_) => { failure.get_or_insert(anyhow!("internal error: task exits lost")); break; }
+                };
+                done += 1;
+                if let Err(e) = exit.result {
+                    let first = failure.is_none() && secondary.is_none();
+                    if is_cancelled(&e) {
+                        secondary.get_or_insert(e.context(format!("task {}", exit.label)));
+                    } else if failure.is_none() {
+                        failure = Some(e);
+                    }
+                    if first {
+                        tear_down(&mut torn_down);
+                        deadline = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                }
+            }
+            recv(events_rx) -> ev => match ev {
+                Ok(TaskEvent::SourceEnded) => sources_ended += 1,
+                Ok(TaskEvent::Ack { id, node, subtask, snapshot }) => {
+                    if pending.as_ref().is_some_and(|p| p.barrier.id == id) && !torn_down {
+                        let _ = io_tx.send(IoJob::Upload { id, node, uid: plan.uids[node].clone(), subtask, snapshot });
+                    } else {
+                        let _ = io_tx.send(IoJob::Discard { snapshot });
+                    }
+                }
+                Err(_) => {}
+            },
+            recv(done_rx) -> d => match d {
+                Ok(IoDone::Uploaded { id, node, snapshot }) => {
+                    if let Some(p) = pending.as_mut().filter(|p| p.barrier.id == id) {
+                        p.snapshots.entry(node).or_default().push(snapshot);
+                        p.received += 1;
+                        if p.received == p.expected {
+                            let meta = CheckpointMetadata {
+                                job: sanitize(job_name),
+                                checkpoint_id: id,
+                                kind: SnapshotKind::Checkpoint,
+                                timestamp: p.barrier.timestamp,
+                                max_parallelism: plan.max_parallelism,
+                                operators: (0..plan.graph.nodes.len()).map(|n| {
+                                    let mut subtasks = p.snapshots.remove(&n).unwrap_or_default();
+                                    subtasks.sort_by_key(|s| s.subtask);
+                                    OperatorSnapshot {
+                                        uid: plan.uids[n].clone(),
+                                        name: plan.graph.nodes[n].name.clone(),
+                                        parallelism: plan.parallelism[n],
+                                        keyed: subtasks.iter().any(|s| s.key_groups.is_some()),
+                                        subtasks,
+                                    }
+                                }).collect(),
+                            };
+                            let savepoint_root = if p.savepoint { args.savepoint_dir.clone() } else { None };
+                            let _ = io_tx.send(IoJob::Finalize { meta, savepoint_root, retain: args.retained_checkpoints as usize });
+                        }
+                    }
+                }
+                Ok(IoDone::Finalized { id, savepoint }) => {
+                    crate::fault::crash_point("after-checkpoint-complete", id);
+                    if let Some(p) = pending.take() {
+                        let ms = p.started.elapsed().as_millis() as u64;
+                        match &savepoint {
+                            Some(path) => tracing::info!(checkpoint = id, duration_ms = ms, path = %path.display(), "savepoint complete"),
+                            None => tracing::debug!(checkpoint = id, duration_ms = ms, "checkpoint complete"),
+                        }
+                        for r in p.replies {
+                            let _ = r.send(savepoint.clone().ok_or_else(|| "no --savepoint-dir configured".to_string()));
+                        }
+                    }
+                    failures = 0;
+                    last_end = Instant::now();
+                    for c in &controls {
+                        let _ = c.send(Control::Complete(id));
+                    }
+                }
+                Ok(IoDone::Failed { id, error }) => {
+                    if pending.as_ref().is_some_and(|p| p.barrier.id == id) {
+                        let p = pending.take();
+                        failures += 1;
+                        tracing::warn!(checkpoint = id, error, "checkpoint failed");
+                        for r in p.into_iter().flat_map(|p| p.replies) {
+                            let _ = r.send(Err(error.clone()));
+                        }
+                        last_end = Instant::now();
+                    }
+                }
+                Err(_) => {}
+            },
+            default(wait) => {}
+        }
+        if let Some(p) = &pending {
+            if p.started.elapsed() > args.checkpoint_timeout && !torn_down {
+                tracing::warn!(checkpoint = p.barrier.id, "checkpoint timed out");
+                pending = None;
+                failures += 1;
+                last_end = Instant::now();
+            }
+        }
+        if failures > args.tolerable_failed_checkpoints && failure.is_none() {
+            failure = Some(anyhow!(
+                "{failures} checkpoints in a row failed (--tolerable-failed-checkpoints {})",
+                args.tolerable_failed_checkpoints
+            ));
+            tear_down(&mut torn_down);
+            deadline = Some(Instant::now() + Duration::from_secs(10));
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            failure.get_or_insert(anyhow!("tasks did not stop within 10 s after the job failed"));
+            break;
+        }
+        if !checkpointing && stop_signal.load(Ordering::Relaxed) && !torn_down {
+            tracing::info!("stop requested; checkpointing is off, so the job is cancelled");
+            tear_down(&mut torn_down);
+            stop_requested = true;
+            deadline = Some(Instant::now() + Duration::from_secs(10));
+        }
     }
+    drop(io_tx);
     stop_reporter.store(true, Ordering::Relaxed);
     if let Some(r) = reporter {
         let _ = r.join();
     }
     if let Some(e) = failure.or(secondary) {
-        tracing::error!(error = format!("{e:#}"), "job '{job_name}' failed");
-        return Err(e.context(format!("job '{job_name}' failed")));
+        if stop_requested && !checkpointing && is_cancelled(&e) {
+            for h in handles {
+                let _ = h.join();
+            }
+            return Ok(AttemptEnd::Finished);
+        }
+        return Ok(AttemptEnd::Failed(e));
     }
     for h in handles {
         let _ = h.join();
     }
-    let result = JobResult { counters: metrics.counters(), elapsed: started.elapsed() };
-    tracing::info!(elapsed_ms = result.elapsed.as_millis() as u64, "job '{job_name}' finished");
-    Ok(result)
+    if let Some(io) = io {
+        let _ = io.join();
+    }
+    Ok(AttemptEnd::Finished)
 }

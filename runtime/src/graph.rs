@@ -15,6 +15,7 @@ use anyhow::{anyhow, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::args::JobArgs;
+use crate::checkpointing::{CheckpointEnv, SharedRestore};
 use crate::driver::{Co, DriverEnv, Keyed, KeyedCo, OneInput, OperatorDriver};
 use crate::element::{Data, Record, StreamElement};
 use crate::exec::JobResult;
@@ -142,6 +143,8 @@ pub(crate) enum Partition {
 /// What a factory gets to build one subtask of one operator.
 pub(crate) struct BuildContext {
     pub info: TaskInfo,
+    pub checkpoint: Option<CheckpointEnv>,
+    pub restore: SharedRestore,
     pub metrics: MetricGroup,
     pub state_dir: PathBuf,
     pub main: Box<dyn Any>,
@@ -150,21 +153,37 @@ pub(crate) struct BuildContext {
 
 impl BuildContext {
     pub(crate) fn driver_env(&self, keyed: bool) -> Result<DriverEnv> {
+        let info = &self.info;
         let backend = if keyed {
-            let range = weir_state::KeyGroupRange::for_subtask(
-                self.info.max_parallelism,
-                self.info.parallelism,
-                self.info.subtask,
-            );
-            if self.state_dir.exists() {
-                std::fs::remove_dir_all(&self.state_dir)?;
+            let range = weir_state::KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.subtask);
+            let restored = match &self.restore {
+                Some(r) => r.restore_backend(&info.uid, &self.state_dir, range, info.max_parallelism)?,
+                None => None,
+            };
+            match restored {
+                Some(b) => Some(b),
+                None => {
+                    if self.state_dir.exists() {
+                        std::fs::remove_dir_all(&self.state_dir)?;
+                    }
+                    Some(weir_state::KeyedStateBackend::open(&self.state_dir, range, info.max_parallelism)?)
+                }
             }
-            Some(weir_state::KeyedStateBackend::open(&self.state_dir, range, self.info.max_parallelism)?)
         } else {
             None
         };
+        let mut ctx = OperatorContext::new(info.clone(), self.metrics.clone(), self.checkpoint.is_some());
+        let mut restored = None;
+        if let Some(r) = &self.restore {
+            if let Some((states, watermark)) = r.operator_states(&info.uid)? {
+                ctx.watermark = watermark;
+                restored = Some(states);
+            }
+        }
         Ok(DriverEnv {
-            ctx: OperatorContext::new(self.info.clone(), self.metrics.clone()),
+            ctx,
+            checkpoint: self.checkpoint.clone(),
+            restored,
             backend,
             records_in: Counter(self.metrics.counter("records_in")),
             records_out: Counter(self.metrics.counter("records_out")),

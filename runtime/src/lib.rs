@@ -11,10 +11,12 @@
 #![warn(missing_docs)]
 
 mod args;
+mod checkpointing;
 mod driver;
 mod element;
 mod error;
 mod exec;
+pub mod fault;
 mod graph;
 mod metrics;
 mod operator;

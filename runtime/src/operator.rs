@@ -120,14 +120,20 @@ pub struct TaskInfo {
 /// What every operator can ask the runtime for.
 pub struct OperatorContext {
     pub(crate) info: TaskInfo,
+    pub(crate) checkpointing: bool,
     pub(crate) watermark: i64,
     pub(crate) processing_timer: Option<i64>,
     pub(crate) metrics: MetricGroup,
 }
 
 impl OperatorContext {
-    pub(crate) fn new(info: TaskInfo, metrics: MetricGroup) -> Self {
-        OperatorContext { info, watermark: i64::MIN, processing_timer: None, metrics }
+    pub(crate) fn new(info: TaskInfo, metrics: MetricGroup, checkpointing: bool) -> Self {
+        OperatorContext { info, checkpointing, watermark: i64::MIN, processing_timer: None, metrics }
+    }
+
+    /// Whether the job takes checkpoints (sinks then commit per checkpoint).
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     /// Which subtask this is.
@@ -301,6 +307,23 @@ pub trait Operator: 'static {
 
     /// Called when every input has ended, after the final watermark.
     fn end_input(&mut self, _ctx: &mut OperatorContext, _out: &mut Collector<Self::Out>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Returns the operator's state for checkpoint `checkpoint_id` (JSON is recommended: tools
+    /// show it). Called when the barrier passes, after every earlier record was processed.
+    fn snapshot_state(&mut self, _checkpoint_id: u64, _ctx: &mut OperatorContext) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Restores from the states every subtask of the previous run snapshotted (all of them, so
+    /// that a rescaled job can redistribute them). Called before `open`.
+    fn restore_state(&mut self, _states: Vec<Vec<u8>>, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint_id` is complete: everything it covers is durable (sinks commit).
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64, _ctx: &mut OperatorContext) -> Result<()> {
         Ok(())
     }
 }

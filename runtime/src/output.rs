@@ -23,6 +23,8 @@ pub(crate) trait Downstream {
     /// The earliest processing time (epoch ms) at which something in this subtree wants `on_time`.
     fn next_wakeup(&self) -> Option<i64>;
     fn on_time(&mut self, now: i64) -> Result<()>;
+    /// Checkpoint `id` is complete (sinks commit).
+    fn checkpoint_complete(&mut self, id: u64) -> Result<()>;
 }
 
 /// A typed sink of record batches. `push` drains the batch and leaves the vector for reuse.
@@ -216,6 +218,9 @@ impl<T: Data> Downstream for NetworkOutput<T> {
     fn on_time(&mut self, _now: i64) -> Result<()> {
         Ok(())
     }
+    fn checkpoint_complete(&mut self, _id: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Feeds a chained operator by direct call.
@@ -252,6 +257,9 @@ macro_rules! forward_downstream {
         }
         fn on_time(&mut self, now: i64) -> Result<()> {
             self.$field.on_time(now)
+        }
+        fn checkpoint_complete(&mut self, id: u64) -> Result<()> {
+            self.$field.checkpoint_complete(id)
         }
     };
 }
@@ -304,6 +312,9 @@ impl<T: Data> Downstream for Tee<T> {
     fn on_time(&mut self, now: i64) -> Result<()> {
         self.outs.iter_mut().try_for_each(|o| o.on_time(now))
     }
+    fn checkpoint_complete(&mut self, id: u64) -> Result<()> {
+        self.outs.iter_mut().try_for_each(|o| o.checkpoint_complete(id))
+    }
 }
 
 impl<T: Data> Output<T> for Tee<T> {
@@ -340,6 +351,9 @@ impl Downstream for Discard {
         None
     }
     fn on_time(&mut self, _now: i64) -> Result<()> {
+        Ok(())
+    }
+    fn checkpoint_complete(&mut self, _id: u64) -> Result<()> {
         Ok(())
     }
 }

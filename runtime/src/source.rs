@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::checkpointing::{LocalSnapshot, TaskEvent};
 use crate::driver::DriverEnv;
 use crate::element::{Data, Record, MAX_WATERMARK};
 use crate::error::{panic_message, Cancelled};
@@ -45,6 +46,17 @@ pub trait Source<T>: Send + Sync + 'static {
 pub trait SourceReader<T>: 'static {
     /// Emits up to `out.remaining()` records and says what to do next.
     fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll>;
+
+    /// The reader's position (e.g. split offsets) for a checkpoint, as JSON.
+    fn snapshot_state(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Restores from the states of every subtask of the previous run (a reader takes the splits
+    /// it owns now). Called before the first poll.
+    fn restore_state(&mut self, _states: Vec<serde_json::Value>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a reader emits records, per split.
@@ -108,30 +120,107 @@ pub(crate) trait RunnableSource {
     fn run(self: Box<Self>, control: &Receiver<Control>, task: &TaskEnv) -> Result<()>;
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SourceState {
+    reader: serde_json::Value,
+    split_watermarks: Vec<(u64, i64)>,
+}
+
+impl<T: Data> SourceTask<T> {
+    fn restore(&mut self, splits: &mut SplitWatermarks) -> Result<()> {
+        let Some(states) = self.env.restored.take() else { return Ok(()) };
+        let mut readers = Vec::new();
+        for bytes in states {
+            let st: SourceState = serde_json::from_slice(&bytes).context("decoding a source snapshot")?;
+            splits.restore(st.split_watermarks);
+            readers.push(st.reader);
+        }
+        self.reader.restore_state(readers)
+    }
+}
+
 impl<T: Data> RunnableSource for SourceTask<T> {
-    fn run(self: Box<Self>, control: &Receiver<Control>, task: &TaskEnv) -> Result<()> {
-        let SourceTask { mut reader, strategy, mut main, sides, env } = *self;
+    fn run(mut self: Box<Self>, control: &Receiver<Control>, task: &TaskEnv) -> Result<()> {
         let label = {
-            let i = env.ctx.info();
+            let i = self.env.ctx.info();
             format!("source '{}' (uid {}, subtask {}/{})", i.operator_name, i.uid, i.subtask + 1, i.parallelism)
         };
+        let mut splits = SplitWatermarks::new(self.strategy.out_of_orderness_ms, self.strategy.idleness);
+        self.restore(&mut splits).with_context(|| format!("{label} failed to restore"))?;
+        let SourceTask { mut reader, strategy, mut main, sides, env } = *self;
         let mut side_bufs = SideOutputs::default();
         let mut side_outs = Vec::new();
         for (name, out, buf) in sides {
             side_bufs.ports.push((name, buf));
             side_outs.push(out);
         }
-        let mut splits = SplitWatermarks::new(strategy.out_of_orderness_ms, strategy.idleness);
         let mut buf: Vec<Record<T>> = Vec::with_capacity(task.batch_size);
-        let mut last_wm = i64::MIN;
+        let mut last_wm = env.ctx.watermark;
         let mut idle_sent = false;
         let mut last_flush = Instant::now();
+        // After its input is exhausted (or a terminal barrier passed) a checkpointing source
+        // stays alive to take part in the final checkpoint, then exits when it completes.
+        let mut ended = false;
+        let mut stopping = false;
+        let mut terminal: Option<u64> = None;
+        let mut pending: Option<Control> = None;
         loop {
-            match control.try_recv() {
-                Ok(Control::Cancel) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    return Err(Cancelled.into())
+            let msg = if let Some(m) = pending.take() {
+                Some(m)
+            } else if ended || stopping {
+                match control.recv_timeout(task.buffer_timeout) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),
                 }
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            } else {
+                match control.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(Cancelled.into()),
+                }
+            };
+            match msg {
+                Some(Control::Cancel) => return Err(Cancelled.into()),
+                Some(Control::Trigger(barrier)) => {
+                    let cp = env
+                        .checkpoint
+                        .as_ref()
+                        .ok_or_else(|| crate::checkpointing::missing("trigger without checkpointing"))?;
+                    let state = SourceState {
+                        reader: reader.snapshot_state().with_context(|| format!("{label} failed to snapshot"))?,
+                        split_watermarks: splits.snapshot(),
+                    };
+                    let snapshot = LocalSnapshot {
+                        local_db: None,
+                        operator_state: Some(serde_json::to_vec(&state)?),
+                        watermark: last_wm,
+                        key_groups: None,
+                    };
+                    main.barrier(barrier)?;
+                    for s in &mut side_outs {
+                        s.barrier(barrier)?;
+                    }
+                    cp.ack(barrier.id, env.ctx.info().subtask, snapshot);
+                    if barrier.terminal {
+                        stopping = true;
+                        terminal = Some(barrier.id);
+                    }
+                    continue;
+                }
+                Some(Control::Complete(id)) => {
+                    main.checkpoint_complete(id)?;
+                    for s in &mut side_outs {
+                        s.checkpoint_complete(id)?;
+                    }
+                    if terminal.is_some_and(|t| id >= t) {
+                        main.flush()?;
+                        return Ok(());
+                    }
+                    continue;
+                }
+                None if ended || stopping => continue,
+                None => {}
             }
             let now = Instant::now();
             let poll = catch_unwind(AssertUnwindSafe(|| {
@@ -164,7 +253,15 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                     s.watermark(MAX_WATERMARK)?;
                     s.end_of_input()?;
                 }
-                return Ok(());
+                match &env.checkpoint {
+                    Some(cp) => {
+                        last_wm = MAX_WATERMARK;
+                        ended = true;
+                        let _ = cp.events.send(TaskEvent::SourceEnded);
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
             }
             if strategy.generates {
                 match splits.status(Instant::now()) {
@@ -207,9 +304,11 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                 if let Some(t) = main.next_wakeup() {
                     wait = wait.min(Duration::from_millis(t.saturating_sub(now_ms).max(0) as u64));
                 }
+                // Wake up early for a control message; it is handled at the top of the loop.
                 match control.recv_timeout(wait) {
-                    Ok(Control::Cancel) | Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),
+                    Ok(m) => pending = Some(m),
                     Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
-use crate::element::{Data, StreamElement, MAX_WATERMARK};
+use crate::element::{CheckpointBarrier, Data, StreamElement, MAX_WATERMARK};
 use crate::error::Cancelled;
 use crate::output::TaskHead;
 
@@ -15,6 +15,10 @@ use crate::output::TaskHead;
 pub(crate) enum Control {
     /// Stop now: the job is being torn down.
     Cancel,
+    /// Sources only: snapshot and emit this barrier.
+    Trigger(CheckpointBarrier),
+    /// Checkpoint complete: commit, and exit if it was the terminal one.
+    Complete(u64),
 }
 
 /// Settings every task needs.
@@ -22,6 +26,7 @@ pub(crate) enum Control {
 pub(crate) struct TaskEnv {
     pub batch_size: usize,
     pub buffer_timeout: Duration,
+    pub checkpointing: bool,
 }
 
 pub(crate) enum Event {
@@ -29,6 +34,7 @@ pub(crate) enum Event {
     Data,
     Watermark(i64),
     Idle,
+    Barrier(CheckpointBarrier),
     End,
     Disconnected,
 }
@@ -58,11 +64,7 @@ impl<T: Data> InputChannel for ChannelIn<T> {
             }
             Ok(StreamElement::Watermark(w)) => Ok(Event::Watermark(w)),
             Ok(StreamElement::Idle) => Ok(Event::Idle),
-            Ok(StreamElement::Barrier(b)) => {
-                // Alignment arrives with checkpointing; until then a barrier passes straight on.
-                head.barrier(b)?;
-                Ok(Event::Data)
-            }
+            Ok(StreamElement::Barrier(b)) => Ok(Event::Barrier(b)),
             Ok(StreamElement::EndOfInput) => Ok(Event::End),
             Err(TryRecvError::Empty) => Ok(Event::Empty),
             Err(TryRecvError::Disconnected) => Ok(Event::Disconnected),
@@ -132,6 +134,13 @@ pub(crate) fn run_input_task(
         bail!("internal error: a task without inputs that is not a source");
     }
     let mut marks = InputWatermarks::new(n);
+    // Barrier alignment: a channel that delivered the pending barrier is not read again until
+    // every other open channel delivered it too.
+    let mut blocked = vec![false; n];
+    let mut disconnected = vec![false; n];
+    let mut pending_barrier: Option<CheckpointBarrier> = None;
+    let mut end_handled = false;
+    let mut terminal: Option<u64> = None;
     let mut last_flush = Instant::now();
     loop {
         let now_ms = crate::time::now_millis();
@@ -152,7 +161,7 @@ pub(crate) fn run_input_task(
             let mut sel = Select::new();
             let mut which = Vec::with_capacity(n + 1);
             for (i, ch) in inputs.iter().enumerate() {
-                if !marks.ended[i] {
+                if !disconnected[i] && !blocked[i] && !(marks.ended[i] && !env.checkpointing) {
                     ch.register(&mut sel);
                     which.push(Some(i));
                 }
@@ -168,6 +177,15 @@ pub(crate) fn run_input_task(
             None => continue,
             Some(None) => match control.try_recv() {
                 Ok(Control::Cancel) | Err(TryRecvError::Disconnected) => return Err(Cancelled.into()),
+                Ok(Control::Complete(id)) => {
+                    head.checkpoint_complete(id)?;
+                    if terminal.is_some_and(|t| id >= t) {
+                        head.flush()?;
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(Control::Trigger(_)) => bail!("internal error: checkpoint trigger sent to a task with inputs"),
                 Err(TryRecvError::Empty) => continue,
             },
             Some(Some(i)) => i,
@@ -196,16 +214,39 @@ pub(crate) fn run_input_task(
                         head.watermark(w)?;
                     }
                 }
+                Event::Barrier(b) => {
+                    if pending_barrier.is_some_and(|p| p.id != b.id) {
+                        bail!("internal error: barrier {} arrived while aligning another", b.id);
+                    }
+                    pending_barrier = Some(b);
+                    blocked[i] = true;
+                    if (0..n).all(|j| blocked[j] || disconnected[j]) {
+                        head.barrier(b)?;
+                        if b.terminal {
+                            terminal = Some(b.id);
+                        }
+                        pending_barrier = None;
+                        blocked.iter_mut().for_each(|x| *x = false);
+                    }
+                    break;
+                }
                 Event::End => {
                     marks.ended[i] = true;
                     if let Some(w) = marks.advance() {
                         head.watermark(w)?;
                     }
-                    if marks.ended.iter().all(|e| *e) {
+                    if marks.ended.iter().all(|e| *e) && !end_handled {
+                        end_handled = true;
                         head.end_of_input()?;
                         head.flush()?;
-                        return Ok(());
+                        if !env.checkpointing {
+                            return Ok(());
+                        }
                     }
+                    break;
+                }
+                Event::Disconnected if marks.ended[i] => {
+                    disconnected[i] = true;
                     break;
                 }
                 Event::Disconnected => return Err(Cancelled.into()),

@@ -103,6 +103,8 @@ pub(crate) enum SplitStatus {
 /// Per-split watermark generation inside one source subtask.
 pub(crate) struct SplitWatermarks {
     splits: Vec<SplitState>,
+    /// Highest timestamps per split from the snapshot a run restored, applied when a split shows up.
+    restored: std::collections::HashMap<u64, i64>,
     last: usize,
     out_of_orderness_ms: i64,
     idleness: Option<Duration>,
@@ -110,7 +112,7 @@ pub(crate) struct SplitWatermarks {
 
 impl SplitWatermarks {
     pub(crate) fn new(out_of_orderness_ms: i64, idleness: Option<Duration>) -> Self {
-        SplitWatermarks { splits: Vec::new(), last: 0, out_of_orderness_ms, idleness }
+        SplitWatermarks { splits: Vec::new(), restored: Default::default(), last: 0, out_of_orderness_ms, idleness }
     }
 
     fn index(&mut self, id: u64) -> usize {
@@ -142,6 +144,25 @@ impl SplitWatermarks {
             if ts > s.max_ts {
                 s.max_ts = ts;
             }
+        }
+    }
+
+    /// Highest timestamp per split, for a checkpoint (including restored splits not seen since).
+    pub(crate) fn snapshot(&self) -> Vec<(u64, i64)> {
+        let mut all = self.restored.clone();
+        for s in &self.splits {
+            all.insert(s.id, s.max_ts);
+        }
+        let mut v: Vec<(u64, i64)> = all.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// Takes the highest timestamps of a snapshot (the maximum where several subtasks had a split).
+    pub(crate) fn restore(&mut self, entries: impl IntoIterator<Item = (u64, i64)>) {
+        for (id, ts) in entries {
+            let e = self.restored.entry(id).or_insert(i64::MIN);
+            *e = (*e).max(ts);
         }
     }
 

@@ -122,7 +122,7 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 
 /// Options every column family is opened with. The merge operator must be the same on every open
 /// of the same files (opening a list column family without it crashes RocksDB).
-fn cf_options() -> Options {
+pub(crate) fn cf_options() -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_merge_operator_associative(LIST_MERGE, list_append);
@@ -260,6 +260,22 @@ impl KeyedStateBackend {
             self.states.push(meta);
         }
         Ok(())
+    }
+
+    pub(crate) fn cf_for_import(&self, name: &str) -> Result<&ColumnFamily> {
+        self.cf(name)
+    }
+
+    pub(crate) fn write_import(&mut self, batch: rocksdb::WriteBatch) -> Result<()> {
+        self.flush_cache()?;
+        self.db.write_opt(batch, &self.wo)?;
+        Ok(())
+    }
+
+    pub(crate) fn reload_timers(&mut self) -> Result<()> {
+        self.event_timers.clear();
+        self.processing_timers.clear();
+        self.load_timers()
     }
 
     fn load_timers(&mut self) -> Result<()> {

@@ -11,6 +11,7 @@ mod backend;
 pub mod codec;
 mod handles;
 pub mod keygroup;
+pub mod snapshot;
 
 pub use backend::{
     system_clock, Clock, KeyedStateBackend, StateKind, StateMeta, StateTtlConfig, TimeDomain, Timer,

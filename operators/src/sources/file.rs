@@ -56,6 +56,7 @@ pub struct FileSource<T> {
     skip_blank: bool,
     on_malformed: OnMalformed,
     monitor: Option<Duration>,
+    rate: Option<u64>,
 }
 
 impl<T> Clone for FileSource<T> {
@@ -66,6 +67,7 @@ impl<T> Clone for FileSource<T> {
             skip_blank: self.skip_blank,
             on_malformed: self.on_malformed.clone(),
             monitor: self.monitor,
+            rate: self.rate,
         }
     }
 }
@@ -95,6 +97,7 @@ impl<T> FileSource<T> {
             skip_blank: false,
             on_malformed: OnMalformed::Fail,
             monitor: None,
+            rate: None,
         }
     }
 
@@ -107,6 +110,13 @@ impl<T> FileSource<T> {
     /// Skips blank lines.
     pub fn skip_blank_lines(mut self) -> Self {
         self.skip_blank = true;
+        self
+    }
+
+    /// Reads at most `records_per_second` per subtask (replaying a file at a steady pace). Whole
+    /// batches are released at a time, so the batches are the same as at full speed.
+    pub fn rate_limit(mut self, records_per_second: u64) -> Self {
+        self.rate = Some(records_per_second.max(1));
         self
     }
 
@@ -153,10 +163,11 @@ pub fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
     Ok(files)
 }
 
-/// Cuts files into splits so that `parallelism` subtasks get similar shares.
-pub fn plan_splits(files: &[(PathBuf, u64)], parallelism: usize) -> Vec<FileSplit> {
+/// Cuts files into splits of at least 1 MiB, about 64 in all. The plan does not depend on the
+/// parallelism, so a checkpoint's split offsets stay valid when the job is rescaled.
+pub fn plan_splits(files: &[(PathBuf, u64)]) -> Vec<FileSplit> {
     let total: u64 = files.iter().map(|f| f.1).sum();
-    let target = total.div_ceil(parallelism.max(1) as u64).max(1 << 20);
+    let target = total.div_ceil(64).max(1 << 20);
     let mut splits = Vec::new();
     for (path, len) in files {
         let mut start = 0;
@@ -174,34 +185,59 @@ pub fn plan_splits(files: &[(PathBuf, u64)], parallelism: usize) -> Vec<FileSpli
 
 struct OpenSplit {
     id: u64,
+    split: FileSplit,
     origin: String,
     reader: BufReader<File>,
     pos: u64,
     end: u64,
 }
 
-fn open_split(id: u64, split: &FileSplit) -> Result<OpenSplit> {
+/// Opens a split at `offset` (its start, or a line start recorded in a checkpoint).
+fn open_split(id: u64, split: &FileSplit, offset: u64) -> Result<OpenSplit> {
     let file = File::open(&split.path).with_context(|| format!("opening {}", split.path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut pos = split.start;
-    if split.start > 0 {
+    let mut pos = offset;
+    if offset > split.start {
+        reader.seek(SeekFrom::Start(offset))?;
+    } else if split.start > 0 {
         // Lines belong to the split their first byte is in: start one byte early and drop
         // everything up to the first line break, which is the previous split's last line.
         reader.seek(SeekFrom::Start(split.start - 1))?;
         let mut skipped = Vec::new();
         pos = split.start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
     }
-    Ok(OpenSplit { id, origin: split.path.display().to_string(), reader, pos, end: split.end })
+    Ok(OpenSplit { id, split: split.clone(), origin: split.path.display().to_string(), reader, pos, end: split.end })
+}
+
+/// Where a split stands, as kept in checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SplitState {
+    id: u64,
+    path: PathBuf,
+    start: u64,
+    end: u64,
+    /// Next byte to read (a line start).
+    offset: u64,
+    done: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct FileReaderState {
+    splits: Vec<SplitState>,
 }
 
 struct FileReader<T> {
     source: FileSource<T>,
-    pending: std::collections::VecDeque<(u64, FileSplit)>,
+    /// Splits not finished yet, with the offset to start reading at.
+    pending: std::collections::VecDeque<(u64, FileSplit, u64)>,
+    done: Vec<(u64, FileSplit)>,
     current: Option<OpenSplit>,
     line: Vec<u8>,
     info: TaskInfo,
     seen: std::collections::HashSet<PathBuf>,
     next_id: u64,
+    started: std::time::Instant,
+    emitted: u64,
 }
 
 fn name_hash(path: &Path) -> u64 {
@@ -230,7 +266,7 @@ impl<T: Data> FileReader<T> {
             self.seen.insert(path.clone());
             let id = self.next_id;
             self.next_id += 1;
-            self.pending.push_back((id, FileSplit { path, start: 0, end: len }));
+            self.pending.push_back((id, FileSplit { path, start: 0, end: len }, 0));
         }
         Ok(())
     }
@@ -261,62 +297,140 @@ impl<T: Data> FileReader<T> {
     }
 }
 
+impl<T: Data> FileReader<T> {
+    fn owns(&self, id: u64, path: &Path) -> bool {
+        let p = self.info.parallelism as u64;
+        match self.source.monitor {
+            None => id % p == self.info.subtask as u64,
+            Some(_) => name_hash(path) % p == self.info.subtask as u64,
+        }
+    }
+}
+
 impl<T: Data> SourceReader<T> for FileReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll> {
-        if self.current.is_none() {
-            match self.pending.pop_front() {
-                Some((id, split)) => self.current = Some(open_split(id, &split)?),
-                None => match self.source.monitor {
-                    None => return Ok(SourcePoll::Finished),
-                    Some(interval) => {
-                        self.discover()?;
-                        if self.pending.is_empty() {
-                            return Ok(SourcePoll::Idle(interval));
-                        }
-                        return Ok(SourcePoll::Ready);
-                    }
-                },
+        if let Some(rate) = self.source.rate {
+            let want = self.emitted + out.remaining() as u64;
+            let due = Duration::from_secs_f64(want as f64 / rate as f64);
+            let elapsed = self.started.elapsed();
+            if elapsed < due {
+                return Ok(SourcePoll::Idle((due - elapsed).min(Duration::from_millis(50))));
             }
+            self.emitted = want;
         }
-        let mut cur = self.current.take().ok_or_else(|| anyhow!("internal error: no open split"))?;
-        let mut finished = false;
+        // A poll fills its batch across split boundaries, so batches (and the watermarks emitted
+        // after each) depend only on the input, not on where splits happen to end.
         while out.remaining() > 0 {
-            if cur.pos >= cur.end {
-                finished = true;
-                break;
-            }
-            self.line.clear();
-            let n = cur.reader.read_until(b'\n', &mut self.line)?;
-            if n == 0 {
-                finished = true;
-                break;
-            }
-            let offset = cur.pos;
-            cur.pos += n as u64;
-            let mut line = &self.line[..];
-            if line.last() == Some(&b'\n') {
-                line = &line[..line.len() - 1];
-            }
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            if self.source.skip_blank && line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match (self.source.parse)(line) {
-                Ok(v) => out.collect(cur.id, v),
-                Err(e) => {
-                    let line = line.to_vec();
-                    self.reject(out, &cur.origin, offset, &line, e)?
+            if self.current.is_none() {
+                match self.pending.pop_front() {
+                    Some((id, split, offset)) => self.current = Some(open_split(id, &split, offset)?),
+                    None => {
+                        return match self.source.monitor {
+                            None => Ok(SourcePoll::Finished),
+                            Some(interval) => {
+                                self.discover()?;
+                                Ok(if self.pending.is_empty() { SourcePoll::Idle(interval) } else { SourcePoll::Ready })
+                            }
+                        };
+                    }
                 }
             }
-        }
-        if finished {
-            out.finish_split(cur.id);
-        } else {
-            self.current = Some(cur);
+            let mut cur = self.current.take().ok_or_else(|| anyhow!("internal error: no open split"))?;
+            let mut finished = false;
+            while out.remaining() > 0 {
+                if cur.pos >= cur.end {
+                    finished = true;
+                    break;
+                }
+                self.line.clear();
+                let n = cur.reader.read_until(b'\n', &mut self.line)?;
+                if n == 0 {
+                    finished = true;
+                    break;
+                }
+                let offset = cur.pos;
+                cur.pos += n as u64;
+                let mut line = &self.line[..];
+                if line.last() == Some(&b'\n') {
+                    line = &line[..line.len() - 1];
+                }
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                if self.source.skip_blank && line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match (self.source.parse)(line) {
+                    Ok(v) => out.collect(cur.id, v),
+                    Err(e) => {
+                        let line = line.to_vec();
+                        self.reject(out, &cur.origin, offset, &line, e)?
+                    }
+                }
+            }
+            if finished || cur.pos >= cur.end {
+                out.finish_split(cur.id);
+                self.done.push((cur.id, cur.split));
+            } else {
+                self.current = Some(cur);
+            }
         }
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot_state(&mut self) -> Result<serde_json::Value> {
+        let mut splits = Vec::new();
+        let entry = |id: u64, s: &FileSplit, offset: u64, done: bool| SplitState {
+            id,
+            path: s.path.clone(),
+            start: s.start,
+            end: s.end,
+            offset,
+            done,
+        };
+        for (id, s) in &self.done {
+            splits.push(entry(*id, s, s.end, true));
+        }
+        if let Some(c) = &self.current {
+            splits.push(entry(c.id, &c.split, c.pos, false));
+        }
+        for (id, s, offset) in &self.pending {
+            splits.push(entry(*id, s, *offset, false));
+        }
+        splits.sort_by_key(|s| s.id);
+        Ok(serde_json::to_value(FileReaderState { splits })?)
+    }
+
+    fn restore_state(&mut self, states: Vec<serde_json::Value>) -> Result<()> {
+        let mut all: Vec<SplitState> = Vec::new();
+        for st in states {
+            let st: FileReaderState = serde_json::from_value(st).context("decoding a file source snapshot")?;
+            all.extend(st.splits);
+        }
+        all.sort_by_key(|s| s.id);
+        all.dedup_by_key(|s| s.id);
+        self.pending.clear();
+        self.done.clear();
+        self.current = None;
+        self.seen.clear();
+        self.next_id = all.last().map_or(0, |s| s.id + 1);
+        for s in all {
+            self.seen.insert(s.path.clone());
+            if !self.owns(s.id, &s.path) {
+                continue;
+            }
+            let split = FileSplit { path: s.path, start: s.start, end: s.end };
+            if s.done {
+                self.done.push((s.id, split));
+            } else {
+                self.pending.push_back((s.id, split, s.offset));
+            }
+        }
+        if self.source.monitor.is_some() {
+            // Files that arrived while the job was down.
+            self.discover()?;
+        }
+        Ok(())
     }
 }
 
@@ -325,11 +439,14 @@ impl<T: Data> Source<T> for FileSource<T> {
         let mut reader = FileReader {
             source: self.clone(),
             pending: Default::default(),
+            done: Vec::new(),
             current: None,
             line: Vec::new(),
             info: info.clone(),
             seen: Default::default(),
             next_id: 0,
+            started: std::time::Instant::now(),
+            emitted: 0,
         };
         if self.monitor.is_some() {
             if !self.path.is_dir() {
@@ -338,10 +455,10 @@ impl<T: Data> Source<T> for FileSource<T> {
             reader.discover()?;
         } else {
             let files = list_files(&self.path)?;
-            let splits = plan_splits(&files, info.parallelism);
-            for (i, split) in splits.into_iter().enumerate() {
+            for (i, split) in plan_splits(&files).into_iter().enumerate() {
                 if i % info.parallelism == info.subtask {
-                    reader.pending.push_back((i as u64, split));
+                    let start = split.start;
+                    reader.pending.push_back((i as u64, split, start));
                 }
             }
         }
@@ -355,7 +472,7 @@ mod tests {
     use std::io::Write;
 
     fn read_split(split: &FileSplit) -> Vec<String> {
-        let mut s = open_split(0, split).unwrap();
+        let mut s = open_split(0, split, split.start).unwrap();
         let mut lines = Vec::new();
         while s.pos < s.end {
             let mut l = Vec::new();

@@ -221,8 +221,17 @@ impl NexmarkSource {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+struct NexmarkState {
+    subtask: usize,
+    parallelism: usize,
+    next: u64,
+}
+
 struct NexmarkReader {
     cfg: NexmarkConfig,
+    subtask: usize,
+    parallelism: usize,
     /// Index (event or bid) this subtask produces next.
     next: u64,
     step: u64,
@@ -235,6 +244,8 @@ impl Source<Event> for NexmarkSource {
     fn create_reader(&self, info: &TaskInfo) -> Result<Box<dyn SourceReader<Event>>> {
         Ok(Box::new(NexmarkReader {
             cfg: self.cfg.clone(),
+            subtask: info.subtask,
+            parallelism: info.parallelism,
             next: info.subtask as u64,
             step: info.parallelism as u64,
             started: Instant::now(),
@@ -267,6 +278,31 @@ impl SourceReader<Event> for NexmarkReader {
             self.emitted += 1;
         }
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot_state(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(NexmarkState {
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            next: self.next,
+        })?)
+    }
+
+    fn restore_state(&mut self, states: Vec<serde_json::Value>) -> Result<()> {
+        for st in states {
+            let st: NexmarkState = serde_json::from_value(st)?;
+            if st.parallelism != self.parallelism {
+                anyhow::bail!(
+                    "the Nexmark generator restores only at the parallelism it was checkpointed with ({}, now {})",
+                    st.parallelism,
+                    self.parallelism
+                );
+            }
+            if st.subtask == self.subtask {
+                self.next = st.next;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ mod operator;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Collector, Data, DataStream, KeyedStream, OutputTag};
 use weir_state::AggregateFunction;
@@ -52,24 +52,18 @@ impl TimeWindow {
         TimeWindow { start: self.start.min(other.start), end: self.end.max(other.end) }
     }
 
-    /// Fixed-size namespace bytes under which the window's state and timers are stored.
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.start.to_be_bytes());
-        b[8..].copy_from_slice(&self.end.to_be_bytes());
+    /// The namespace bytes under which the window's state and timers are stored (MessagePack,
+    /// so tools can decode it).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(24);
+        // Encoding two integers into a vector cannot fail.
+        let _ = weir_state::codec::encode_into(self, &mut b);
         b
     }
 
     /// The inverse of [`encode`](Self::encode).
     pub fn decode(bytes: &[u8]) -> Result<TimeWindow> {
-        if bytes.len() != 16 {
-            bail!("window namespace of {} bytes, expected 16", bytes.len());
-        }
-        let mut s = [0u8; 8];
-        let mut e = [0u8; 8];
-        s.copy_from_slice(&bytes[..8]);
-        e.copy_from_slice(&bytes[8..]);
-        Ok(TimeWindow { start: i64::from_be_bytes(s), end: i64::from_be_bytes(e) })
+        weir_state::codec::decode(bytes)
     }
 }
 

@@ -27,7 +27,7 @@ pub trait WindowContents: 'static {
     /// Drops the window's state.
     fn clear(&self, ctx: &mut KeyedContext, ns: &[u8]) -> Result<()>;
     /// Moves the content of the windows `sources` into `target` (session merges).
-    fn merge_into(&self, ctx: &mut KeyedContext, sources: &[[u8; 16]], target: &[u8]) -> Result<()>;
+    fn merge_into(&self, ctx: &mut KeyedContext, sources: &[Vec<u8>], target: &[u8]) -> Result<()>;
 }
 
 /// Incremental aggregation: one accumulator per window.
@@ -76,7 +76,7 @@ where
         ctx.state(&self.state)?.in_namespace(ns).clear()
     }
 
-    fn merge_into(&self, ctx: &mut KeyedContext, sources: &[[u8; 16]], target: &[u8]) -> Result<()> {
+    fn merge_into(&self, ctx: &mut KeyedContext, sources: &[Vec<u8>], target: &[u8]) -> Result<()> {
         let mut merged = ctx.state(&self.state)?.in_namespace(target).value()?;
         for src in sources.iter().filter(|s| s.as_slice() != target) {
             let mut st = ctx.state(&self.state)?.in_namespace(src);
@@ -139,7 +139,7 @@ impl<T: Data> WindowContents for Buffering<T> {
         ctx.state(&self.state)?.in_namespace(ns).clear()
     }
 
-    fn merge_into(&self, ctx: &mut KeyedContext, sources: &[[u8; 16]], target: &[u8]) -> Result<()> {
+    fn merge_into(&self, ctx: &mut KeyedContext, sources: &[Vec<u8>], target: &[u8]) -> Result<()> {
         for src in sources.iter().filter(|s| s.as_slice() != target) {
             let mut st = ctx.state(&self.state)?.in_namespace(src);
             let items = st.get()?;
@@ -279,7 +279,7 @@ impl<K: Data, C: WindowContents, O: Data> WindowOperator<K, C, O> {
         }
         let target = merged.encode();
         if !absorbed.is_empty() {
-            let sources: Vec<[u8; 16]> = absorbed.iter().map(TimeWindow::encode).collect();
+            let sources: Vec<Vec<u8>> = absorbed.iter().map(TimeWindow::encode).collect();
             for (w, ns) in absorbed.iter().zip(&sources) {
                 if *w != merged {
                     self.unregister(ctx, w, ns)?;

@@ -1,0 +1,278 @@
+//! Checkpointing on the task side and behind the coordinator: what tasks report, how a subtask
+//! restores from a snapshot, and the I/O thread that stores snapshots off the task threads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use weir_checkpoint::inspect::materialize;
+use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, LoadedSnapshot, SnapshotKind, SubtaskSnapshot};
+use weir_state::snapshot::original_file_name;
+use weir_state::{KeyGroupRange, KeyedStateBackend};
+
+/// What a task needs to take part in checkpoints.
+#[derive(Clone)]
+pub(crate) struct CheckpointEnv {
+    pub events: Sender<TaskEvent>,
+    /// Where local RocksDB checkpoints are made (same file system as the working state).
+    pub local_root: PathBuf,
+    pub node: usize,
+}
+
+/// The synchronous part of one subtask's snapshot, before it is stored.
+pub(crate) struct LocalSnapshot {
+    pub local_db: Option<PathBuf>,
+    pub operator_state: Option<Vec<u8>>,
+    pub watermark: i64,
+    pub key_groups: Option<KeyGroupRange>,
+}
+
+/// Sent by tasks to the coordinator.
+pub(crate) enum TaskEvent {
+    Ack {
+        id: u64,
+        node: usize,
+        subtask: usize,
+        snapshot: LocalSnapshot,
+    },
+    /// A source subtask read all its input and waits for the final checkpoint.
+    SourceEnded,
+}
+
+impl CheckpointEnv {
+    pub(crate) fn ack(&self, id: u64, subtask: usize, snapshot: LocalSnapshot) {
+        // The coordinator only goes away when the job is torn down; then nobody needs the ack.
+        let _ = self.events.send(TaskEvent::Ack { id, node: self.node, subtask, snapshot });
+    }
+
+    /// Takes a local RocksDB checkpoint of `backend` for checkpoint `id`.
+    pub(crate) fn snapshot_backend(
+        &self,
+        backend: &mut KeyedStateBackend,
+        uid: &str,
+        subtask: usize,
+        id: u64,
+    ) -> Result<PathBuf> {
+        let dir = self.local_root.join(format!("{uid}-{subtask}-{id}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&self.local_root)?;
+        backend.checkpoint_to(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// The snapshot a run starts from.
+pub(crate) struct Restore {
+    pub snapshot: LoadedSnapshot,
+}
+
+impl Restore {
+    /// Operator states of every old subtask of `uid`, and the lowest of their watermarks.
+    pub(crate) fn operator_states(&self, uid: &str) -> Result<Option<(Vec<Vec<u8>>, i64)>> {
+        let Some(op) = self.snapshot.meta.operator(uid) else { return Ok(None) };
+        let mut states = Vec::new();
+        for sub in &op.subtasks {
+            if let Some(f) = &sub.operator_state {
+                states.push(std::fs::read(self.snapshot.base.join(&f.path))?);
+            }
+        }
+        let wm = op.subtasks.iter().map(|s| s.watermark).min().unwrap_or(i64::MIN);
+        Ok(Some((states, wm)))
+    }
+
+    /// Rebuilds the keyed state of one new subtask in `dir`: a direct copy when the key groups
+    /// did not move, else the entries of its key groups from every old subtask that had some.
+    pub(crate) fn restore_backend(
+        &self,
+        uid: &str,
+        dir: &Path,
+        range: KeyGroupRange,
+        max_parallelism: usize,
+    ) -> Result<Option<KeyedStateBackend>> {
+        let Some(op) = self.snapshot.meta.operator(uid) else { return Ok(None) };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        if let Some(sub) = op.subtasks.iter().find(|s| s.key_groups == Some(range) && !s.keyed_files.is_empty()) {
+            materialize(&self.snapshot, sub, dir)?;
+            return Ok(Some(KeyedStateBackend::open(dir, range, max_parallelism)?));
+        }
+        let mut backend = KeyedStateBackend::open(dir, range, max_parallelism)?;
+        let scratch = dir.with_extension("import");
+        for sub in &op.subtasks {
+            let Some(old) = sub.key_groups else { continue };
+            if sub.keyed_files.is_empty() || old.end < range.start || old.start > range.end {
+                continue;
+            }
+            if scratch.exists() {
+                std::fs::remove_dir_all(&scratch)?;
+            }
+            materialize(&self.snapshot, sub, &scratch)?;
+            backend.import_key_groups(&[scratch.as_path()])?;
+            std::fs::remove_dir_all(&scratch)?;
+        }
+        Ok(Some(backend))
+    }
+
+    /// SST files already in `storage` that a 1:1 restored subtask's database still has, so the
+    /// next checkpoint need not store them again.
+    pub(crate) fn known_files(
+        &self,
+        storage: &CheckpointStorage,
+    ) -> HashMap<(String, usize), HashMap<String, FileRef>> {
+        let mut out: HashMap<(String, usize), HashMap<String, FileRef>> = HashMap::new();
+        if self.snapshot.meta.kind != SnapshotKind::Checkpoint || self.snapshot.base != storage.base() {
+            return out;
+        }
+        for op in &self.snapshot.meta.operators {
+            for sub in &op.subtasks {
+                let files = out.entry((op.uid.clone(), sub.subtask)).or_default();
+                for f in sub.keyed_files.iter().filter(|f| f.path.starts_with("shared/")) {
+                    if let Some(name) = Path::new(&f.path).file_name().and_then(|n| n.to_str()) {
+                        files.insert(original_file_name(name).to_string(), f.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Work for the checkpoint I/O thread, done in order.
+pub(crate) enum IoJob {
+    Upload { id: u64, node: usize, uid: String, subtask: usize, snapshot: LocalSnapshot },
+    Finalize { meta: CheckpointMetadata, savepoint_root: Option<PathBuf>, retain: usize },
+    Discard { snapshot: LocalSnapshot },
+}
+
+/// What the I/O thread reports.
+pub(crate) enum IoDone {
+    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot },
+    Finalized { id: u64, savepoint: Option<PathBuf> },
+    Failed { id: u64, error: String },
+}
+
+fn discard(snapshot: &LocalSnapshot) {
+    if let Some(dir) = &snapshot.local_db {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Stores snapshots and completes checkpoints; runs until `jobs` is closed.
+pub(crate) fn io_thread(
+    storage: CheckpointStorage,
+    run: String,
+    mut known: HashMap<(String, usize), HashMap<String, FileRef>>,
+    jobs: Receiver<IoJob>,
+    done: Sender<IoDone>,
+) {
+    for job in jobs {
+        let report = match job {
+            IoJob::Upload { id, node, uid, subtask, snapshot } => {
+                let files = known.entry((uid.clone(), subtask)).or_default();
+                let r = storage.upload_subtask(
+                    id,
+                    &uid,
+                    subtask,
+                    &run,
+                    snapshot.local_db.as_deref(),
+                    snapshot.operator_state.as_deref(),
+                    files,
+                );
+                discard(&snapshot);
+                match r {
+                    Ok((keyed_files, operator_state)) => IoDone::Uploaded {
+                        id,
+                        node,
+                        snapshot: SubtaskSnapshot {
+                            subtask,
+                            key_groups: snapshot.key_groups,
+                            keyed_files,
+                            operator_state,
+                            watermark: snapshot.watermark,
+                        },
+                    },
+                    Err(e) => {
+                        IoDone::Failed { id, error: format!("storing the snapshot of {uid} subtask {subtask}: {e:#}") }
+                    }
+                }
+            }
+            IoJob::Finalize { meta, savepoint_root, retain } => {
+                let id = meta.checkpoint_id;
+                let r = (|| -> Result<Option<PathBuf>> {
+                    storage.complete(&meta)?;
+                    let sp = match savepoint_root {
+                        Some(root) => Some(storage.write_savepoint(&meta, &root)?),
+                        None => None,
+                    };
+                    storage.retain(retain)?;
+                    Ok(sp)
+                })();
+                match r {
+                    Ok(savepoint) => IoDone::Finalized { id, savepoint },
+                    Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
+                }
+            }
+            IoJob::Discard { snapshot } => {
+                discard(&snapshot);
+                continue;
+            }
+        };
+        if done.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+/// Loads the snapshot `--restore` names: `none`, `latest`, or a path.
+pub(crate) fn initial_restore(spec: &str, storage: Option<&CheckpointStorage>) -> Result<Option<LoadedSnapshot>> {
+    match spec {
+        "none" => Ok(None),
+        "latest" => match storage {
+            Some(s) => s.latest_valid(),
+            None => Ok(None),
+        },
+        path => {
+            let p = Path::new(path);
+            if !p.exists() {
+                bail!("--restore {path}: no such savepoint or checkpoint directory");
+            }
+            Ok(Some(weir_checkpoint::load(p).with_context(|| format!("--restore {path}"))?))
+        }
+    }
+}
+
+/// Refuses a snapshot that does not fit the job.
+pub(crate) fn check_restore(
+    snapshot: &LoadedSnapshot,
+    uids: &[String],
+    max_parallelism: usize,
+    allow_non_restored: bool,
+) -> Result<()> {
+    if snapshot.meta.max_parallelism != max_parallelism {
+        bail!(
+            "the snapshot has max parallelism {} but the job has {max_parallelism}; key groups cannot be mapped (keep --max-parallelism fixed)",
+            snapshot.meta.max_parallelism
+        );
+    }
+    let unknown: Vec<&str> =
+        snapshot.meta.operators.iter().map(|o| o.uid.as_str()).filter(|u| !uids.iter().any(|x| x == u)).collect();
+    if !unknown.is_empty() && !allow_non_restored {
+        bail!(
+            "the snapshot has state for operators this job does not have (uids: {}); pass --allow-non-restored-state to drop it",
+            unknown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A shared, immutable restore source.
+pub(crate) type SharedRestore = Option<Arc<Restore>>;
+
+pub(crate) fn missing(what: &str) -> anyhow::Error {
+    anyhow!("internal error: {what}")
+}
