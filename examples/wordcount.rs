@@ -29,6 +29,10 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT")]
     socket: Option<String>,
 
+    /// Lines per second per source subtask when reading files [default: as fast as possible].
+    #[arg(long, value_name = "N", requires = "input")]
+    rate: Option<u64>,
+
     /// Directory for the result part files.
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
@@ -52,16 +56,21 @@ fn main() -> Result<()> {
     init_logging();
     let env = StreamEnv::new(cli.job.clone());
     let counts = match (&cli.input, &cli.socket) {
-        (Some(path), _) => env
-            .add_source("lines", FileSource::text_lines(path), WatermarkStrategy::no_watermarks())
-            .uid("lines")
-            .flat_map(words)
-            .key_by(|w: &String| w.clone())
-            .window(GlobalWindows::create())
-            .aggregate_with(Count::default(), |word: &String, _, count, out| {
-                out.collect(WordCount { word: word.clone(), count })
-            })
-            .uid("counts"),
+        (Some(path), _) => {
+            let mut source = FileSource::text_lines(path);
+            if let Some(rate) = cli.rate {
+                source = source.rate_limit(rate);
+            }
+            env.add_source("lines", source, WatermarkStrategy::no_watermarks())
+                .uid("lines")
+                .flat_map(words)
+                .key_by(|w: &String| w.clone())
+                .window(GlobalWindows::create())
+                .aggregate_with(Count::default(), |word: &String, _, count, out| {
+                    out.collect(WordCount { word: word.clone(), count })
+                })
+                .uid("counts")
+        }
         (None, Some(addr)) => env
             .add_source("lines", SocketSource::new(addr), WatermarkStrategy::no_watermarks())
             .uid("lines")

@@ -274,14 +274,19 @@ impl SourceReader<(u64, i64, i64)> for PausingReader {
             out.register_split(s);
         }
         if self.next < self.cfg.n {
-            // Split 0 keeps producing; split 1 (if any) produces only its first record.
-            let i = self.next;
-            self.next += 1;
-            out.collect(0, (i % 3, i as i64 * 100, 1));
-            if i == 0 && self.cfg.split_count > 1 {
-                out.collect(1, (9, 0, 1));
+            // Split 0 keeps producing, one record per `pace` (all at once without a pace);
+            // split 1 (if any) produces only its first record.
+            loop {
+                let i = self.next;
+                self.next += 1;
+                out.collect(0, (i % 3, i as i64 * 100, 1));
+                if i == 0 && self.cfg.split_count > 1 {
+                    out.collect(1, (9, 0, 1));
+                }
+                if !self.cfg.pace.is_zero() || self.next == self.cfg.n {
+                    return Ok(SourcePoll::Idle(self.cfg.pace));
+                }
             }
-            return Ok(SourcePoll::Idle(self.cfg.pace));
         }
         let since = *self.idle_since.get_or_insert_with(Instant::now);
         if since.elapsed() < self.cfg.idle {
