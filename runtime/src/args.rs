@@ -119,6 +119,11 @@ pub struct JobArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, help_heading = "Checkpoints")]
     pub restart_delay: Duration,
 
+    /// Address of the HTTP control endpoint (/metrics, /job, /checkpoints, POST /savepoints);
+    /// port 0 picks a free port (logged at start).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    pub metrics_addr: String,
+
     /// Seconds between progress lines in the log (records/s, watermark); 0 turns them off.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub progress_interval: Duration,
@@ -141,6 +146,7 @@ impl Default for JobArgs {
             batch_size: 1024,
             channel_capacity: 16,
             progress_interval: Duration::from_secs(5),
+            metrics_addr: "127.0.0.1:0".to_string(),
             checkpoint_dir: None,
             checkpoint_interval: None,
             checkpoint_timeout: Duration::from_secs(600),

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::args::JobArgs;
 use crate::checkpointing::{
     check_restore, initial_restore, io_thread, CheckpointEnv, IoDone, IoJob, Restore, SharedRestore, TaskEvent,
 };
+use crate::control::{CheckpointInfo, ControlState, JobInfo, OperatorInfo, SavepointRequest};
 use crate::element::CheckpointBarrier;
 use crate::error::{is_cancelled, panic_message};
 use crate::graph::{BuildContext, Graph, NodeKind, Partition};
@@ -253,12 +254,6 @@ fn progress_reporter(metrics: JobMetrics, source_uids: Vec<String>, interval: Du
     }
 }
 
-/// A request for a savepoint, answered with its path once complete.
-pub(crate) struct SavepointRequest {
-    pub stop: bool,
-    pub reply: Sender<Result<PathBuf, String>>,
-}
-
 /// How one attempt ended.
 enum AttemptEnd {
     Finished,
@@ -301,11 +296,38 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         signal_hook::flag::register(sig, stop_signal.clone())?;
     }
     let metrics = JobMetrics::default();
+    let (savepoint_tx, savepoint_rx) = unbounded::<SavepointRequest>();
+    let control = ControlState {
+        metrics: metrics.clone(),
+        job: Arc::new(JobInfo {
+            name: job_name.to_string(),
+            operators: (0..plan.graph.nodes.len())
+                .map(|i| OperatorInfo {
+                    uid: plan.uids[i].clone(),
+                    name: plan.graph.nodes[i].name.clone(),
+                    parallelism: plan.parallelism[i],
+                })
+                .collect(),
+        }),
+        checkpoints: Default::default(),
+        savepoints: savepoint_tx,
+    };
+    let addr = crate::control::start(&args.metrics_addr, control.clone())?;
+    tracing::info!("control endpoint on http://{addr}");
     let mut attempt = 0u32;
     loop {
         let shared = restore.take().map(|snapshot| Arc::new(Restore { snapshot }));
-        let end =
-            run_attempt(&plan, args, job_name, &state_root, storage.as_ref(), shared.clone(), &metrics, &stop_signal)?;
+        let end = run_attempt(
+            &plan,
+            args,
+            job_name,
+            &state_root,
+            storage.as_ref(),
+            shared.clone(),
+            &control,
+            &savepoint_rx,
+            &stop_signal,
+        )?;
         match end {
             AttemptEnd::Finished => break,
             AttemptEnd::Failed(e) => {
@@ -354,9 +376,11 @@ fn run_attempt(
     state_root: &Path,
     storage: Option<&CheckpointStorage>,
     restore: SharedRestore,
-    metrics: &JobMetrics,
+    control: &ControlState,
+    savepoint_rx: &Receiver<SavepointRequest>,
     stop_signal: &Arc<AtomicBool>,
 ) -> Result<AttemptEnd> {
+    let metrics = &control.metrics;
     // Wire a bounded channel for every (producer subtask, consumer subtask) pair of every edge
     // that crosses tasks.
     let mut wiring: HashMap<(usize, usize), Wiring> = HashMap::new();
@@ -558,6 +582,15 @@ fn run_attempt(
                     }
                 }
             }
+            recv(savepoint_rx) -> req => {
+                if let Ok(req) = req {
+                    if !checkpointing || args.savepoint_dir.is_none() {
+                        let _ = req.reply.send(Err("savepoints need --checkpoint-dir, --checkpoint-interval and --savepoint-dir".into()));
+                    } else {
+                        savepoint_waiters.push(req);
+                    }
+                }
+            }
             recv(events_rx) -> ev => match ev {
                 Ok(TaskEvent::SourceEnded) => sources_ended += 1,
                 Ok(TaskEvent::Ack { id, node, subtask, snapshot }) => {
@@ -602,6 +635,14 @@ fn run_attempt(
                     crate::fault::crash_point("after-checkpoint-complete", id);
                     if let Some(p) = pending.take() {
                         let ms = p.started.elapsed().as_millis() as u64;
+                        control.record(CheckpointInfo {
+                            id,
+                            status: "completed",
+                            trigger_time: p.barrier.timestamp,
+                            duration_ms: ms,
+                            savepoint: savepoint.as_ref().map(|p| p.display().to_string()),
+                            error: None,
+                        });
                         match &savepoint {
                             Some(path) => tracing::info!(checkpoint = id, duration_ms = ms, path = %path.display(), "savepoint complete"),
                             None => tracing::debug!(checkpoint = id, duration_ms = ms, "checkpoint complete"),
@@ -621,6 +662,16 @@ fn run_attempt(
                         let p = pending.take();
                         failures += 1;
                         tracing::warn!(checkpoint = id, error, "checkpoint failed");
+                        if let Some(p) = &p {
+                            control.record(CheckpointInfo {
+                                id,
+                                status: "failed",
+                                trigger_time: p.barrier.timestamp,
+                                duration_ms: p.started.elapsed().as_millis() as u64,
+                                savepoint: None,
+                                error: Some(error.clone()),
+                            });
+                        }
                         for r in p.into_iter().flat_map(|p| p.replies) {
                             let _ = r.send(Err(error.clone()));
                         }
@@ -634,7 +685,17 @@ fn run_attempt(
         if let Some(p) = &pending {
             if p.started.elapsed() > args.checkpoint_timeout && !torn_down {
                 tracing::warn!(checkpoint = p.barrier.id, "checkpoint timed out");
-                pending = None;
+                control.record(CheckpointInfo {
+                    id: p.barrier.id,
+                    status: "timed out",
+                    trigger_time: p.barrier.timestamp,
+                    duration_ms: p.started.elapsed().as_millis() as u64,
+                    savepoint: None,
+                    error: None,
+                });
+                for r in pending.take().into_iter().flat_map(|p| p.replies) {
+                    let _ = r.send(Err("the savepoint timed out".into()));
+                }
                 failures += 1;
                 last_end = Instant::now();
             }

@@ -175,6 +175,7 @@ impl BuildContext {
         let mut ctx = OperatorContext::new(info.clone(), self.metrics.clone(), self.checkpoint.is_some());
         let mut restored = None;
         if let Some(r) = &self.restore {
+            ctx.restored_checkpoint = Some(r.snapshot.meta.checkpoint_id);
             if let Some((states, watermark)) = r.operator_states(&info.uid)? {
                 ctx.watermark = watermark;
                 restored = Some(states);

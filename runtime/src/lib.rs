@@ -12,6 +12,7 @@
 
 mod args;
 mod checkpointing;
+mod control;
 mod driver;
 mod element;
 mod error;

@@ -121,6 +121,7 @@ pub struct TaskInfo {
 pub struct OperatorContext {
     pub(crate) info: TaskInfo,
     pub(crate) checkpointing: bool,
+    pub(crate) restored_checkpoint: Option<u64>,
     pub(crate) watermark: i64,
     pub(crate) processing_timer: Option<i64>,
     pub(crate) metrics: MetricGroup,
@@ -128,7 +129,19 @@ pub struct OperatorContext {
 
 impl OperatorContext {
     pub(crate) fn new(info: TaskInfo, metrics: MetricGroup, checkpointing: bool) -> Self {
-        OperatorContext { info, checkpointing, watermark: i64::MIN, processing_timer: None, metrics }
+        OperatorContext {
+            info,
+            checkpointing,
+            restored_checkpoint: None,
+            watermark: i64::MIN,
+            processing_timer: None,
+            metrics,
+        }
+    }
+
+    /// The id of the checkpoint or savepoint this run restored from, if any.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        self.restored_checkpoint
     }
 
     /// Whether the job takes checkpoints (sinks then commit per checkpoint).

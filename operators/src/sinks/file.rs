@@ -196,11 +196,23 @@ impl<T: Data + Serialize> Operator for FileSinkOperator<T> {
         if !handled.contains(&self.subtask) {
             handled.push(self.subtask);
         }
-        // In-progress files written after the checkpoint: their records will be replayed.
-        let ext = format!(".{}.inprogress", self.sink.format.extension());
+        // In-progress files written after the checkpoint, and files committed by checkpoints
+        // newer than the one restored (when a newer one was broken and skipped): their records
+        // will be replayed.
+        let ext = self.sink.format.extension();
+        let restored = ctx.restored_checkpoint().unwrap_or(u64::MAX);
         for e in std::fs::read_dir(&self.sink.dir)? {
             let name = e?.file_name().to_string_lossy().into_owned();
-            let stray = handled.iter().any(|s| name.starts_with(&format!(".part-{s}-")) && name.ends_with(&ext));
+            let stray = handled.iter().any(|s| {
+                let in_progress =
+                    name.starts_with(&format!(".part-{s}-")) && name.ends_with(&format!(".{ext}.inprogress"));
+                let newer = name
+                    .strip_prefix(&format!("part-{s:05}-"))
+                    .and_then(|rest| rest.strip_suffix(&format!(".{ext}")))
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .is_some_and(|id| id > restored);
+                in_progress || newer
+            });
             if stray {
                 std::fs::remove_file(self.sink.dir.join(&name))?;
             }
