@@ -570,3 +570,58 @@ fn keyed_state_with_many_keys_and_rolling_aggregates() {
     assert_eq!(last.len(), 1000);
     assert!(last.values().all(|c| *c == 30));
 }
+
+#[test]
+fn a_failed_task_restarts_the_job_from_its_last_checkpoint() {
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 200_000u64;
+    let job = |restart_attempts: u32, chk: &std::path::Path| {
+        let env = StreamEnv::new(JobArgs {
+            checkpoint_dir: Some(chk.to_path_buf()),
+            checkpoint_interval: Some(Duration::from_millis(20)),
+            restart_attempts,
+            restart_delay: Duration::from_millis(10),
+            batch_size: 64,
+            ..args(1)
+        });
+        let nexmark =
+            NexmarkConfig { limit: Some(n), bids_only: true, rate: Some(400_000), ..NexmarkConfig::default() };
+        env.add_source("bids", NexmarkSource::new(nexmark), WatermarkStrategy::no_watermarks())
+            .uid("bids")
+            .map(|e: Event| match e {
+                Event::Bid(b) => {
+                    if b.date_time > 1_767_225_600_000 + 3_000 && !FAILED.swap(true, Ordering::SeqCst) {
+                        panic!("injected failure");
+                    }
+                    (b.auction, b.date_time)
+                }
+                _ => (0, 0),
+            })
+            .uid("fail-once")
+            .key_by(|x: &(u64, i64)| x.0)
+            .window(GlobalWindows::create())
+            .aggregate_with(Count::default(), |k: &u64, _, c, out| out.collect((*k, c)))
+            .uid("counts")
+            .write_files(FileSink::csv(&out))
+            .uid("sink");
+        env.execute("restarts")
+    };
+    // Without restarts the failure ends the job.
+    let err = job(0, &dir.path().join("chk-a")).unwrap_err();
+    assert!(format!("{err:#}").contains("injected failure"));
+    // With one restart it resumes from its last checkpoint and the counts are exact.
+    FAILED.store(false, Ordering::SeqCst);
+    let _ = std::fs::remove_dir_all(&out);
+    job(1, &dir.path().join("chk-b")).unwrap();
+    assert!(FAILED.load(Ordering::SeqCst), "the failure happened");
+    let mut total = 0u64;
+    let mut keys = BTreeSet::new();
+    for l in common::read_parts(&out, ".csv", None) {
+        let (k, c) = l.split_once(',').unwrap();
+        assert!(keys.insert(k.to_string()), "key {k} written twice");
+        total += c.parse::<u64>().unwrap();
+    }
+    assert_eq!(total, n, "every bid counted once across the restart");
+}

@@ -161,7 +161,9 @@ pub(crate) fn run_input_task(
             let mut sel = Select::new();
             let mut which = Vec::with_capacity(n + 1);
             for (i, ch) in inputs.iter().enumerate() {
-                if !disconnected[i] && !blocked[i] && !(marks.ended[i] && !env.checkpointing) {
+                // Ended channels stay open under checkpointing: the final barrier still comes through.
+                let open = !marks.ended[i] || env.checkpointing;
+                if open && !disconnected[i] && !blocked[i] {
                     ch.register(&mut sel);
                     which.push(Some(i));
                 }

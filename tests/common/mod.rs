@@ -16,6 +16,42 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// The `weir` CLI, built next to the examples by `scripts/test` (`cargo build --all-targets`).
+pub fn weir_cli() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = dir.join("weir");
+    assert!(path.exists(), "{} is missing: run the tests with scripts/test, which builds every target", path.display());
+    path
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes `n` Nexmark-shaped bids as JSON lines: event time advancing 20 ms per bid with up to
+/// `disorder` ms of disorder, 50 auctions.
+pub fn write_bids(path: &Path, n: usize, disorder: u64, seed: u64) -> Vec<(u64, u64, i64)> {
+    use std::io::Write;
+    let mut rng = Rng::new(seed);
+    let base = 1_767_225_600_000i64;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut bids = Vec::with_capacity(n);
+    for i in 0..n as i64 {
+        let t = base + i * 20 - rng.below(disorder + 1) as i64;
+        let (auction, price) = (1000 + rng.below(50), rng.below(100_000));
+        writeln!(
+            f,
+            r#"{{"auction":{auction},"bidder":1,"price":{price},"channel":"c","url":"u","date_time":{t},"extra":"{}"}}"#,
+            "x".repeat(rng.below(40) as usize)
+        )
+        .unwrap();
+        bids.push((auction, price, t));
+    }
+    bids
+}
+
 /// Runs a job binary to completion and returns its output, failing the test on a non-zero exit.
 pub fn run_ok(name: &str, args: &[&str]) -> Output {
     let out = run(name, args);
