@@ -32,16 +32,26 @@ struct Cli {
     /// Work directory (input file and outputs) [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Bids per run of the checkpoint comparison (generator, parallelism 2); 0 skips it.
+    #[arg(long, default_value_t = 10_000_000)]
+    checkpoint_bids: u64,
 }
 
 struct Run {
     secs: f64,
     max_rss_kib: i64,
+    stderr: String,
 }
 
 fn run_child(cmd: &mut Command) -> Result<Run> {
     let started = Instant::now();
-    let child = cmd.spawn().context("starting auction_windows")?;
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().context("starting auction_windows")?;
+    let mut pipe = child.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+        s
+    });
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -51,10 +61,31 @@ fn run_child(cmd: &mut Command) -> Result<Run> {
     if pid < 0 {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
+    let stderr = reader.join().unwrap_or_default();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("auction_windows failed with status {status}");
+        bail!("auction_windows failed with status {status}: {stderr}");
     }
-    Ok(Run { secs, max_rss_kib: usage.ru_maxrss })
+    Ok(Run { secs, max_rss_kib: usage.ru_maxrss, stderr })
+}
+
+/// `(duration_ms, size_bytes, incremental_bytes)` of every periodic checkpoint in a job's log.
+fn checkpoints(log: &str) -> Vec<(f64, f64, f64)> {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    log.lines()
+        .filter(|l| l.contains("checkpoint complete"))
+        .filter_map(|l| Some((field(l, "duration_ms")?, field(l, "size_bytes")?, field(l, "incremental_bytes")?)))
+        .collect()
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn write_bids(path: &Path, n: u64) -> Result<()> {
@@ -123,5 +154,59 @@ fn main() -> Result<()> {
         "\ninput file: {size_mb:.0} MB; machine: {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+    if cli.checkpoint_bids > 0 {
+        checkpoint_table(&cli, &job, &dir)?;
+    }
+    Ok(())
+}
+
+/// Throughput with checkpoints off, every 10 s and every 1 s, with checkpoint durations and sizes.
+fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
+    println!("\nCheckpoints (generator, {} bids, parallelism 2, median of {} runs):\n", cli.checkpoint_bids, cli.runs);
+    println!("| checkpoints | bids/s | vs off | taken per run | duration p50 ms | duration max ms | size p50 MiB | incremental p50 MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut off = f64::NAN;
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    for interval in [None, Some("10s"), Some("1s")] {
+        let mut secs = Vec::new();
+        let (mut durations, mut sizes, mut increments) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..cli.runs {
+            let out = dir.join(format!("cp-out-{r}"));
+            let chk = dir.join(format!("cp-chk-{r}"));
+            let mut cmd = Command::new(job);
+            cmd.arg("--output").arg(&out).arg("--parallelism").arg("2").arg("--progress-interval").arg("0s");
+            cmd.arg("--generate").arg(cli.checkpoint_bids.to_string());
+            if let Some(iv) = interval {
+                cmd.arg("--checkpoint-dir").arg(&chk).arg("--checkpoint-interval").arg(iv);
+            }
+            cmd.env("RUST_LOG", "info");
+            let run = run_child(&mut cmd)?;
+            secs.push(run.secs);
+            // The last checkpoint is the final one of the bounded job; report the periodic ones.
+            let mut c = checkpoints(&run.stderr);
+            c.pop();
+            for (d, s, i) in c {
+                durations.push(d);
+                sizes.push(mib(s));
+                increments.push(mib(i));
+            }
+            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_dir_all(&chk);
+        }
+        let rate = cli.checkpoint_bids as f64 / median(secs);
+        if interval.is_none() {
+            off = rate;
+        }
+        println!(
+            "| {} | {rate:.0} | {:+.1} % | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            interval.unwrap_or("off"),
+            (rate / off - 1.0) * 100.0,
+            durations.len() as f64 / cli.runs as f64,
+            percentile(durations.clone(), 0.5),
+            percentile(durations, 1.0),
+            percentile(sizes, 0.5),
+            percentile(increments, 0.5),
+        );
+    }
     Ok(())
 }

@@ -151,8 +151,8 @@ pub(crate) enum IoJob {
 
 /// What the I/O thread reports.
 pub(crate) enum IoDone {
-    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot },
-    Finalized { id: u64, savepoint: Option<PathBuf> },
+    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64 },
+    Finalized { id: u64, savepoint: Option<PathBuf>, bytes: u64 },
     Failed { id: u64, error: String },
 }
 
@@ -174,6 +174,7 @@ pub(crate) fn io_thread(
         let report = match job {
             IoJob::Upload { id, node, uid, subtask, snapshot } => {
                 let files = known.entry((uid.clone(), subtask)).or_default();
+                let before: u64 = files.values().map(|f| f.size).sum();
                 let r = storage.upload_subtask(
                     id,
                     &uid,
@@ -184,10 +185,18 @@ pub(crate) fn io_thread(
                     files,
                 );
                 discard(&snapshot);
+                let after: u64 = files.values().map(|f| f.size).sum();
                 match r {
                     Ok((keyed_files, operator_state)) => IoDone::Uploaded {
                         id,
                         node,
+                        new_bytes: after.saturating_sub(before)
+                            + operator_state.as_ref().map_or(0, |f| f.size)
+                            + keyed_files
+                                .iter()
+                                .filter(|f| !f.path.starts_with("shared/"))
+                                .map(|f| f.size)
+                                .sum::<u64>(),
                         snapshot: SubtaskSnapshot {
                             subtask,
                             key_groups: snapshot.key_groups,
@@ -203,6 +212,7 @@ pub(crate) fn io_thread(
             }
             IoJob::Finalize { meta, savepoint_root, retain } => {
                 let id = meta.checkpoint_id;
+                let bytes = meta.files().map(|f| f.size).sum();
                 let r = (|| -> Result<Option<PathBuf>> {
                     storage.complete(&meta)?;
                     let sp = match savepoint_root {
@@ -213,7 +223,7 @@ pub(crate) fn io_thread(
                     Ok(sp)
                 })();
                 match r {
-                    Ok(savepoint) => IoDone::Finalized { id, savepoint },
+                    Ok(savepoint) => IoDone::Finalized { id, savepoint, bytes },
                     Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
                 }
             }

@@ -364,6 +364,7 @@ struct Pending {
     expected: usize,
     snapshots: HashMap<usize, Vec<SubtaskSnapshot>>,
     received: usize,
+    new_bytes: u64,
     savepoint: bool,
     replies: Vec<Sender<Result<PathBuf, String>>>,
 }
@@ -555,6 +556,7 @@ fn run_attempt(
                     expected: total_subtasks,
                     snapshots: HashMap::new(),
                     received: 0,
+                    new_bytes: 0,
                     savepoint,
                     replies,
                 });
@@ -603,9 +605,10 @@ fn run_attempt(
                 Err(_) => {}
             },
             recv(done_rx) -> d => match d {
-                Ok(IoDone::Uploaded { id, node, snapshot }) => {
+                Ok(IoDone::Uploaded { id, node, snapshot, new_bytes }) => {
                     if let Some(p) = pending.as_mut().filter(|p| p.barrier.id == id) {
                         p.snapshots.entry(node).or_default().push(snapshot);
+                        p.new_bytes += new_bytes;
                         p.received += 1;
                         if p.received == p.expected {
                             let meta = CheckpointMetadata {
@@ -631,7 +634,7 @@ fn run_attempt(
                         }
                     }
                 }
-                Ok(IoDone::Finalized { id, savepoint }) => {
+                Ok(IoDone::Finalized { id, savepoint, bytes }) => {
                     crate::fault::crash_point("after-checkpoint-complete", id);
                     if let Some(p) = pending.take() {
                         let ms = p.started.elapsed().as_millis() as u64;
@@ -643,9 +646,10 @@ fn run_attempt(
                             savepoint: savepoint.as_ref().map(|p| p.display().to_string()),
                             error: None,
                         });
+                        let new_bytes = p.new_bytes;
                         match &savepoint {
-                            Some(path) => tracing::info!(checkpoint = id, duration_ms = ms, path = %path.display(), "savepoint complete"),
-                            None => tracing::debug!(checkpoint = id, duration_ms = ms, "checkpoint complete"),
+                            Some(path) => tracing::info!(checkpoint = id, duration_ms = ms, size_bytes = bytes, path = %path.display(), "savepoint complete"),
+                            None => tracing::info!(checkpoint = id, duration_ms = ms, size_bytes = bytes, incremental_bytes = new_bytes, "checkpoint complete"),
                         }
                         for r in p.replies {
                             let _ = r.send(savepoint.clone().ok_or_else(|| "no --savepoint-dir configured".to_string()));
