@@ -403,7 +403,7 @@ fn run_attempt(
     }
 
     let checkpointing = storage.is_some();
-    let (events_tx, events_rx) = unbounded::<TaskEvent>();
+    let (events_tx, mut events_rx) = unbounded::<TaskEvent>();
     let cancel = Arc::new(AtomicBool::new(false));
     let (exit_tx, exit_rx) = unbounded::<TaskExit>();
     let mut controls: Vec<Sender<Control>> = Vec::new();
@@ -485,7 +485,7 @@ fn run_attempt(
     // The checkpoint coordinator: triggers checkpoints, collects acknowledgements, hands the
     // storing to the I/O thread and notifies tasks of completions.
     let (io_tx, io_rx) = unbounded::<IoJob>();
-    let (done_tx, done_rx) = unbounded::<IoDone>();
+    let (done_tx, mut done_rx) = unbounded::<IoDone>();
     let io = storage.map(|st| {
         let known = restore.as_ref().map(|r| r.known_files(st)).unwrap_or_default();
         let run = format!(
@@ -585,6 +585,7 @@ fn run_attempt(
                 }
             }
             recv(savepoint_rx) -> req => {
+                // The control plane keeps its sender for the life of the job.
                 if let Ok(req) = req {
                     if !checkpointing || args.savepoint_dir.is_none() {
                         let _ = req.reply.send(Err("savepoints need --checkpoint-dir, --checkpoint-interval and --savepoint-dir".into()));
@@ -602,7 +603,8 @@ fn run_attempt(
                         let _ = io_tx.send(IoJob::Discard { snapshot });
                     }
                 }
-                Err(_) => {}
+                // Every task is gone (or checkpointing is off): stop selecting on it.
+                Err(_) => events_rx = crossbeam_channel::never(),
             },
             recv(done_rx) -> d => match d {
                 Ok(IoDone::Uploaded { id, node, snapshot, new_bytes }) => {
@@ -682,7 +684,7 @@ fn run_attempt(
                         last_end = Instant::now();
                     }
                 }
-                Err(_) => {}
+                Err(_) => done_rx = crossbeam_channel::never(),
             },
             default(wait) => {}
         }
