@@ -165,12 +165,13 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     println!("\nCheckpoints (generator, {} bids, parallelism 2, median of {} runs):\n", cli.checkpoint_bids, cli.runs);
     println!("| checkpoints | bids/s | vs off | taken per run | duration p50 ms | duration max ms | size p50 MiB | incremental p50 MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut off = f64::NAN;
     let mib = |b: f64| b / (1u64 << 20) as f64;
-    for interval in [None, Some("10s"), Some("1s")] {
-        let mut secs = Vec::new();
-        let (mut durations, mut sizes, mut increments) = (Vec::new(), Vec::new(), Vec::new());
-        for r in 0..cli.runs {
+    let intervals = [None, Some("10s"), Some("1s")];
+    // Runs of the three settings alternate, so that noise on a shared machine hits all alike.
+    let mut secs = vec![Vec::new(); intervals.len()];
+    let mut stats = vec![(Vec::new(), Vec::new(), Vec::new()); intervals.len()];
+    for r in 0..cli.runs {
+        for (k, interval) in intervals.iter().enumerate() {
             let out = dir.join(format!("cp-out-{r}"));
             let chk = dir.join(format!("cp-chk-{r}"));
             let mut cmd = Command::new(job);
@@ -181,31 +182,32 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             }
             cmd.env("RUST_LOG", "info");
             let run = run_child(&mut cmd)?;
-            secs.push(run.secs);
+            secs[k].push(run.secs);
             // The last checkpoint is the final one of the bounded job; report the periodic ones.
             let mut c = checkpoints(&run.stderr);
             c.pop();
             for (d, s, i) in c {
-                durations.push(d);
-                sizes.push(mib(s));
-                increments.push(mib(i));
+                stats[k].0.push(d);
+                stats[k].1.push(mib(s));
+                stats[k].2.push(mib(i));
             }
             let _ = std::fs::remove_dir_all(&out);
             let _ = std::fs::remove_dir_all(&chk);
         }
-        let rate = cli.checkpoint_bids as f64 / median(secs);
-        if interval.is_none() {
-            off = rate;
-        }
+    }
+    let off = cli.checkpoint_bids as f64 / median(secs[0].clone());
+    for (k, interval) in intervals.iter().enumerate() {
+        let rate = cli.checkpoint_bids as f64 / median(secs[k].clone());
+        let (d, s, i) = stats[k].clone();
         println!(
             "| {} | {rate:.0} | {:+.1} % | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
             interval.unwrap_or("off"),
             (rate / off - 1.0) * 100.0,
-            durations.len() as f64 / cli.runs as f64,
-            percentile(durations.clone(), 0.5),
-            percentile(durations, 1.0),
-            percentile(sizes, 0.5),
-            percentile(increments, 0.5),
+            d.len() as f64 / cli.runs as f64,
+            percentile(d.clone(), 0.5),
+            percentile(d, 1.0),
+            percentile(s, 0.5),
+            percentile(i, 0.5),
         );
     }
     Ok(())
