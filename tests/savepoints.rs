@@ -391,3 +391,37 @@ fn a_truncated_checkpoint_is_skipped_for_the_previous_one() {
         assert_eq!(rows(&out), rows(&reference), "the output is still exact ({target} truncated)");
     }
 }
+
+#[test]
+fn state_of_a_missing_operator_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 20_000, 500, 4);
+    let p = |x: &PathBuf| x.to_str().unwrap().to_string();
+    let (out, late, chk) = (dir.path().join("out"), dir.path().join("late"), dir.path().join("chk"));
+    run_ok(
+        "auction_windows",
+        &[
+            "--input",
+            &p(&input),
+            "--output",
+            &p(&out),
+            "--late-output",
+            &p(&late),
+            "--checkpoint-dir",
+            &p(&chk),
+            "--checkpoint-interval",
+            "1s",
+        ],
+    );
+    let (_, last) = complete_checkpoints(&chk.join("auction_windows")).pop().unwrap();
+    // The same job without --late-output has no operator "late-sink", whose state is in the snapshot.
+    let args = ["--input", &p(&input), "--output", &p(&out), "--restore", last.to_str().unwrap()];
+    let o = Command::new(example("auction_windows")).args(args).output().unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("late-sink") && stderr.contains("--allow-non-restored-state"), "{stderr}");
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-non-restored-state");
+    run_ok("auction_windows", &allowed);
+}

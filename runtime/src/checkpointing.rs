@@ -269,8 +269,18 @@ pub(crate) fn check_restore(
             snapshot.meta.max_parallelism
         );
     }
-    let unknown: Vec<&str> =
-        snapshot.meta.operators.iter().map(|o| o.uid.as_str()).filter(|u| !uids.iter().any(|x| x == u)).collect();
+    // Only operators that hold state matter; a stateless operator may come and go.
+    let has_state = |o: &&weir_checkpoint::OperatorSnapshot| {
+        o.subtasks.iter().any(|s| !s.keyed_files.is_empty() || s.operator_state.is_some())
+    };
+    let unknown: Vec<&str> = snapshot
+        .meta
+        .operators
+        .iter()
+        .filter(has_state)
+        .map(|o| o.uid.as_str())
+        .filter(|u| !uids.iter().any(|x| x == u))
+        .collect();
     if !unknown.is_empty() && !allow_non_restored {
         bail!(
             "the snapshot has state for operators this job does not have (uids: {}); pass --allow-non-restored-state to drop it",
