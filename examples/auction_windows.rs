@@ -21,16 +21,33 @@ use weir::prelude::*;
 /// after their window fired are late: they are dropped and counted (and written to
 /// --late-output if given).
 #[derive(Parser, Debug)]
-#[command(name = "auction_windows", version)]
+#[command(name = "auction_windows", version, group(clap::ArgGroup::new("source").required(true).args(["input", "generate", "input_topic"])))]
 struct Cli {
     /// JSON-lines file or directory of bids, with keys auction, bidder, price, channel, url,
     /// date_time and extra.
-    #[arg(long, value_name = "PATH", required_unless_present = "generate", conflicts_with = "generate")]
+    #[arg(long, value_name = "PATH")]
     input: Option<PathBuf>,
 
     /// Generate N bids with the built-in Nexmark generator instead of reading --input.
     #[arg(long, value_name = "N")]
     generate: Option<u64>,
+
+    /// Read bids (JSON values) from this Kafka topic.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    input_topic: Option<String>,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+
+    /// Where Kafka partitions start without a checkpoint: earliest, latest, committed or
+    /// timestamp:MS.
+    #[arg(long, value_name = "WHERE", default_value = "earliest")]
+    start_offsets: weir::operators::kafka::StartOffsets,
+
+    /// Read the topic up to the end offsets seen at the first start, then finish.
+    #[arg(long)]
+    stop_at_end: bool,
 
     /// Directory for the result part files.
     #[arg(long, value_name = "DIR")]
@@ -123,6 +140,26 @@ fn main() -> Result<()> {
     let malformed = OutputTag::<DeadLetter>::new("dead-letters");
 
     let bids: DataStream<BidIn> = match (&cli.input, cli.generate) {
+        _ if cli.input_topic.is_some() => {
+            let (topic, brokers) =
+                (cli.input_topic.as_deref().unwrap_or_default(), cli.brokers.as_deref().unwrap_or_default());
+            let mut source = weir::operators::kafka::KafkaSource::<BidIn>::json(brokers, topic)
+                .start_offsets(cli.start_offsets)
+                .stop_at_end(cli.stop_at_end);
+            if let Some(rate) = cli.rate {
+                source = source.rate_limit(rate);
+            }
+            if cli.dead_letters.is_some() {
+                source = source.dead_letters(&malformed);
+            }
+            let strategy =
+                WatermarkStrategy::for_bounded_out_of_orderness(delay).with_timestamp_assigner(|b: &BidIn| b.date_time);
+            let bids = env.add_source("bids", source, strategy).uid("bids");
+            if let Some(dir) = &cli.dead_letters {
+                bids.side_output(&malformed).write_files(FileSink::json_lines(dir)).uid("dead-letter-sink");
+            }
+            bids
+        }
         (Some(path), _) => {
             let mut source = FileSource::<BidIn>::json_lines(path);
             if cli.dead_letters.is_some() {
@@ -158,7 +195,7 @@ fn main() -> Result<()> {
                 })
                 .uid("bids")
         }
-        (None, None) => unreachable!("clap requires --input or --generate"),
+        (None, None) => unreachable!("clap requires --input, --generate or --input-topic"),
     };
 
     let window_parallelism = cli.window_parallelism.unwrap_or(cli.job.parallelism);

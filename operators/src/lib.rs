@@ -6,6 +6,7 @@
 
 mod basic;
 mod ext;
+pub mod kafka;
 mod keyed;
 pub mod sinks;
 pub mod sources;

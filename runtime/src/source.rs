@@ -47,9 +47,14 @@ pub trait SourceReader<T>: 'static {
     /// Emits up to `out.remaining()` records and says what to do next.
     fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll>;
 
-    /// The reader's position (e.g. split offsets) for a checkpoint, as JSON.
-    fn snapshot_state(&mut self) -> Result<serde_json::Value> {
+    /// The reader's position (e.g. split offsets) for checkpoint `checkpoint_id`, as JSON.
+    fn snapshot_state(&mut self, _checkpoint_id: u64) -> Result<serde_json::Value> {
         Ok(serde_json::Value::Null)
+    }
+
+    /// Checkpoint `checkpoint_id` is complete (e.g. commit its offsets back to Kafka for lag tools).
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<()> {
+        Ok(())
     }
 
     /// Restores from the states of every subtask of the previous run (a reader takes the splits
@@ -79,6 +84,15 @@ impl<T: Data> SourceOutput<'_, T> {
     #[inline]
     pub fn collect(&mut self, split: u64, value: T) {
         let ts = self.strategy.timestamp_of(&value);
+        self.splits.observe(split, ts, self.now);
+        self.buf.push(Record { ts, value });
+    }
+
+    /// Emits a record of `split`, stamped by the timestamp assigner if the strategy has one, else
+    /// with `ts` (e.g. the Kafka record timestamp).
+    #[inline]
+    pub fn collect_or_at(&mut self, split: u64, value: T, ts: Option<i64>) {
+        let ts = self.strategy.timestamp_of(&value).or(ts);
         self.splits.observe(split, ts, self.now);
         self.buf.push(Record { ts, value });
     }
@@ -188,7 +202,9 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                         .as_ref()
                         .ok_or_else(|| crate::checkpointing::missing("trigger without checkpointing"))?;
                     let state = SourceState {
-                        reader: reader.snapshot_state().with_context(|| format!("{label} failed to snapshot"))?,
+                        reader: reader
+                            .snapshot_state(barrier.id)
+                            .with_context(|| format!("{label} failed to snapshot"))?,
                         split_watermarks: splits.snapshot(),
                     };
                     let snapshot = LocalSnapshot {
@@ -209,6 +225,7 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                     continue;
                 }
                 Some(Control::Complete(id)) => {
+                    reader.notify_checkpoint_complete(id).with_context(|| format!("{label} failed"))?;
                     main.checkpoint_complete(id)?;
                     for s in &mut side_outs {
                         s.checkpoint_complete(id)?;

@@ -106,3 +106,33 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Starts (or finds) the test broker with `scripts/broker start` and returns its address.
+/// Fails the test loudly if there is no broker: Kafka tests never skip.
+pub fn broker() -> String {
+    broker_in(None)
+}
+
+/// Like [`broker`], for a separate broker instance whose state lives in `dir`.
+pub fn broker_in(dir: Option<&Path>) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker");
+    let mut cmd = Command::new(&script);
+    cmd.arg("start");
+    if let Some(d) = dir {
+        cmd.env("WEIR_BROKER_DIR", d);
+    }
+    let out = cmd.output().expect("running scripts/broker");
+    assert!(
+        out.status.success(),
+        "no Kafka broker: scripts/broker start failed\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().last().expect("broker address").trim().to_string()
+}
+
+/// Stops a broker instance started with [`broker_in`].
+pub fn stop_broker(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker");
+    let out = Command::new(&script).arg("stop").env("WEIR_BROKER_DIR", dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

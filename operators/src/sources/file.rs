@@ -378,7 +378,7 @@ impl<T: Data> SourceReader<T> for FileReader<T> {
         Ok(SourcePoll::Ready)
     }
 
-    fn snapshot_state(&mut self) -> Result<serde_json::Value> {
+    fn snapshot_state(&mut self, _checkpoint_id: u64) -> Result<serde_json::Value> {
         let mut splits = Vec::new();
         let entry = |id: u64, s: &FileSplit, offset: u64, done: bool| SplitState {
             id,

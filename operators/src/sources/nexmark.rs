@@ -280,7 +280,7 @@ impl SourceReader<Event> for NexmarkReader {
         Ok(SourcePoll::Ready)
     }
 
-    fn snapshot_state(&mut self) -> Result<serde_json::Value> {
+    fn snapshot_state(&mut self, _checkpoint_id: u64) -> Result<serde_json::Value> {
         Ok(serde_json::to_value(NexmarkState {
             subtask: self.subtask,
             parallelism: self.parallelism,

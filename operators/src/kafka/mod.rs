@@ -1,0 +1,5 @@
+//! Kafka: a checkpointed source that assigns partitions to subtasks without group rebalancing.
+
+mod source;
+
+pub use source::{KafkaSource, StartOffsets};
