@@ -21,7 +21,12 @@ use weir::prelude::*;
 /// after their window fired are late: they are dropped and counted (and written to
 /// --late-output if given).
 #[derive(Parser, Debug)]
-#[command(name = "auction_windows", version, group(clap::ArgGroup::new("source").required(true).args(["input", "generate", "input_topic"])))]
+#[command(
+    name = "auction_windows",
+    version,
+    group(clap::ArgGroup::new("source").required(true).args(["input", "generate", "input_topic"])),
+    group(clap::ArgGroup::new("sink").required(true).multiple(true).args(["output", "output_topic"]))
+)]
 struct Cli {
     /// JSON-lines file or directory of bids, with keys auction, bidder, price, channel, url,
     /// date_time and extra.
@@ -51,7 +56,16 @@ struct Cli {
 
     /// Directory for the result part files.
     #[arg(long, value_name = "DIR")]
-    output: PathBuf,
+    output: Option<PathBuf>,
+
+    /// Write each row as the CSV text `window_start,auction,count,max_price` (key: the auction) to
+    /// this Kafka topic.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    output_topic: Option<String>,
+
+    /// How rows reach --output-topic: at-least-once or exactly-once-publish (needs checkpoints).
+    #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
+    delivery: weir::operators::kafka::Delivery,
 
     /// Allowed out-of-orderness: the watermark trails the highest event time by this much.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
@@ -208,7 +222,24 @@ fn main() -> Result<()> {
         })
         .uid("auction-windows")
         .set_parallelism(window_parallelism);
-    rows.write_files(FileSink::csv(&cli.output)).uid("window-sink").set_parallelism(window_parallelism);
+    if let Some(dir) = &cli.output {
+        rows.write_files(FileSink::csv(dir)).uid("window-sink").set_parallelism(window_parallelism);
+    }
+    if let Some(topic) = &cli.output_topic {
+        if cli.delivery == weir::operators::kafka::Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
+            clap::Command::new("auction_windows")
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
+                )
+                .exit();
+        }
+        let brokers = cli.brokers.as_deref().unwrap_or_default();
+        let sink = weir::operators::kafka::KafkaSink::new(brokers, topic, cli.delivery, |r: &WindowRow| {
+            (Some(r.auction.to_string()), format!("{},{},{},{}", r.window_start, r.auction, r.count, r.max_price))
+        });
+        rows.write_kafka(sink).uid("kafka-sink").set_parallelism(window_parallelism);
+    }
     if let Some(dir) = &cli.late_output {
         rows.side_output(&late)
             .write_files(FileSink::json_lines(dir))

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{example, read_parts, run_ok, Rng};
 
-const CRASH_POINTS: &[&str] = &["mid-snapshot", "after-checkpoint-complete", "before-sink-commit", "mid-sink-commit"];
+/// Crash points that happen while data flows (every checkpoint reaches them).
+const RUNNING_POINTS: &[&str] = &["mid-snapshot", "after-checkpoint-complete", "before-sink-commit", "mid-sink-commit"];
 
 /// Highest checkpoint id under the job's checkpoint directory.
 fn max_checkpoint(dir: &Path) -> u64 {
@@ -25,9 +26,19 @@ fn max_checkpoint(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `job args` until it exits 0, killing it at least `min_kills` times on the way.
+/// Runs `job args` until it exits 0: first once per point of `early` (each crashes itself at the
+/// first checkpoint from a little ahead on), then with SIGKILLs at random moments until
+/// `min_kills`, then once per point of `late` (reached only at the final checkpoint of the input).
 /// Returns the number of kills.
-fn run_with_kills(job: &str, args: &[String], job_chk: &Path, min_kills: usize, seed: u64) -> usize {
+fn run_with_kills(
+    job: &str,
+    args: &[String],
+    job_chk: &Path,
+    early: &[&str],
+    late: &[&str],
+    min_kills: usize,
+    seed: u64,
+) -> usize {
     let mut rng = Rng::new(seed);
     let mut kills = 0;
     let mut point = 0;
@@ -36,10 +47,13 @@ fn run_with_kills(job: &str, args: &[String], job_chk: &Path, min_kills: usize, 
         assert!(started.elapsed() < Duration::from_secs(240), "{job} did not finish within 4 minutes ({kills} kills)");
         let mut cmd = Command::new(example(job));
         cmd.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
-        // The named crash points first, each at a checkpoint a little ahead.
-        let named = if point < CRASH_POINTS.len() {
-            let at = max_checkpoint(job_chk) + 2;
-            cmd.env("WEIR_CRASH_AT", format!("{}:{at}", CRASH_POINTS[point]));
+        let random_phase_done = point >= early.len() && kills >= min_kills + early.len();
+        let named = if point < early.len() {
+            cmd.env("WEIR_CRASH_AT", format!("{}:{}", early[point], max_checkpoint(job_chk) + 2));
+            point += 1;
+            true
+        } else if random_phase_done && point < early.len() + late.len() {
+            cmd.env("WEIR_CRASH_AT", format!("{}:{}", late[point - early.len()], max_checkpoint(job_chk) + 1));
             point += 1;
             true
         } else {
@@ -47,8 +61,8 @@ fn run_with_kills(job: &str, args: &[String], job_chk: &Path, min_kills: usize, 
         };
         let mut child = cmd.spawn().expect("starting the job");
         let deadline = if named {
-            Instant::now() + Duration::from_secs(5)
-        } else if kills < min_kills {
+            Instant::now() + Duration::from_secs(120)
+        } else if kills < min_kills + early.len() {
             Instant::now() + Duration::from_millis(60 + rng.below(400))
         } else {
             Instant::now() + Duration::from_secs(120)
@@ -72,12 +86,16 @@ fn run_with_kills(job: &str, args: &[String], job_chk: &Path, min_kills: usize, 
         let mut stderr = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         if status.success() {
-            if kills >= min_kills {
+            assert!(!named, "{job} finished without reaching its crash point");
+            if kills >= min_kills && point >= early.len() + late.len() {
                 return kills;
             }
             panic!("{job} finished after only {kills} kills; give it more input");
         }
         assert_eq!(status.signal(), Some(9), "{job} must only die by SIGKILL, got {status:?}:\n{stderr}");
+        if named {
+            assert!(stderr.contains("WEIR_CRASH_AT: crashing at"), "the named crash point was reached: {stderr}");
+        }
         kills += 1;
     }
 }
@@ -146,7 +164,7 @@ fn auction_windows_survives_kills_without_loss_or_duplicates() {
             .iter()
             .map(|s| s.to_string()),
     );
-    let kills = run_with_kills("auction_windows", &args, &chk.join("auction_windows"), 30, 17);
+    let kills = run_with_kills("auction_windows", &args, &chk.join("auction_windows"), RUNNING_POINTS, &[], 30, 17);
     assert!(kills >= 30);
 
     let header = Some("window_start,auction,count,max_price");
@@ -200,7 +218,17 @@ fn wordcount_survives_kills_without_loss_or_duplicates() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let kills = run_with_kills("wordcount", &args, &chk.join("wordcount"), 30, 23);
+    // Counts are written at the end of the input only, so the sink's commit points come last: the
+    // final commit crashes, and the restart repairs it from the final checkpoint.
+    let kills = run_with_kills(
+        "wordcount",
+        &args,
+        &chk.join("wordcount"),
+        &["mid-snapshot", "after-checkpoint-complete"],
+        &["before-sink-commit"],
+        30,
+        23,
+    );
     assert!(kills >= 30);
     let counts = |d: &Path| -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();

@@ -50,6 +50,8 @@ pub trait DataStreamExt<T: Data> {
         T: Serialize;
     /// Appends every record to `target` (tests, small examples).
     fn collect_into(&self, target: &Collected<T>) -> DataStream<()>;
+    /// Writes records to a Kafka topic.
+    fn write_kafka(&self, sink: crate::kafka::KafkaSink<T>) -> DataStream<()>;
 }
 
 impl<T: Data> DataStreamExt<T> for DataStream<T> {
@@ -90,6 +92,9 @@ impl<T: Data> DataStreamExt<T> for DataStream<T> {
     fn collect_into(&self, target: &Collected<T>) -> DataStream<()> {
         let target = target.clone();
         self.transform("collect", move |_| CollectSink::new(target.clone()))
+    }
+    fn write_kafka(&self, sink: crate::kafka::KafkaSink<T>) -> DataStream<()> {
+        self.transform("kafka-sink", move |_| sink.operator())
     }
 }
 
