@@ -1,4 +1,5 @@
-//! Word count over text files (final counts) or a socket (continuously updated counts).
+//! Word count over text files or a Kafka topic read to its end (final counts), or over a socket or
+//! a live topic (continuously updated counts).
 //!
 //! ```text
 //! cargo run --release --example wordcount -- --input book.txt --output /tmp/wc
@@ -10,16 +11,22 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{ArgGroup, Parser};
 use serde::{Deserialize, Serialize};
+use weir::operators::kafka::{Delivery, KafkaSink, KafkaSource, StartOffsets};
 use weir::prelude::*;
 
-/// Counts words and writes `word,count` rows as CSV part files.
+/// Counts words and writes `word,count` rows as CSV part files and/or to a Kafka topic.
 ///
 /// Words are the maximal runs of letters and digits, lower-cased. From --input (a file or a
-/// directory of files, bounded) the job writes each word's final count once; from --socket
-/// (unbounded, like Spark's socket source) it writes a row with the new count every time a word
-/// is seen, until the server closes the connection.
+/// directory of files) or from --input-topic with --stop-at-end the input is bounded and each
+/// word's final count is written once; from --socket (like Spark's socket source) or a live
+/// --input-topic the job writes a row with the new count every time a word is seen.
 #[derive(Parser, Debug)]
-#[command(name = "wordcount", version, group(ArgGroup::new("source").required(true).args(["input", "socket"])))]
+#[command(
+    name = "wordcount",
+    version,
+    group(ArgGroup::new("source").required(true).args(["input", "socket", "input_topic"])),
+    group(ArgGroup::new("sink").required(true).multiple(true).args(["output", "output_topic"]))
+)]
 struct Cli {
     /// Text file or directory of text files.
     #[arg(long, value_name = "PATH")]
@@ -29,13 +36,38 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT")]
     socket: Option<String>,
 
-    /// Lines per second per source subtask when reading files [default: as fast as possible].
-    #[arg(long, value_name = "N", requires = "input")]
+    /// Read lines (record values) from this Kafka topic.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    input_topic: Option<String>,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+
+    /// Where Kafka partitions start without a checkpoint: earliest, latest, committed or
+    /// timestamp:MS.
+    #[arg(long, value_name = "WHERE", default_value = "earliest")]
+    start_offsets: StartOffsets,
+
+    /// Read --input-topic up to the end offsets seen at the first start, then finish.
+    #[arg(long)]
+    stop_at_end: bool,
+
+    /// Lines per second per source subtask [default: as fast as possible].
+    #[arg(long, value_name = "N")]
     rate: Option<u64>,
 
     /// Directory for the result part files.
     #[arg(long, value_name = "DIR")]
-    output: PathBuf,
+    output: Option<PathBuf>,
+
+    /// Write rows as the text `word,count` (key: the word) to this Kafka topic.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    output_topic: Option<String>,
+
+    /// How rows reach --output-topic: at-least-once or exactly-once-publish (needs checkpoints).
+    #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
+    delivery: Delivery,
 
     #[command(flatten)]
     job: JobArgs,
@@ -55,33 +87,61 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
     let env = StreamEnv::new(cli.job.clone());
-    let counts = match (&cli.input, &cli.socket) {
-        (Some(path), _) => {
+    let brokers = cli.brokers.clone().unwrap_or_default();
+    let (lines, bounded) = match (&cli.input, &cli.socket, &cli.input_topic) {
+        (Some(path), _, _) => {
             let mut source = FileSource::text_lines(path);
             if let Some(rate) = cli.rate {
                 source = source.rate_limit(rate);
             }
-            env.add_source("lines", source, WatermarkStrategy::no_watermarks())
-                .uid("lines")
-                .flat_map(words)
-                .key_by(|w: &String| w.clone())
-                .window(GlobalWindows::create())
-                .aggregate_with(Count::default(), |word: &String, _, count, out| {
-                    out.collect(WordCount { word: word.clone(), count })
-                })
-                .uid("counts")
+            (env.add_source("lines", source, WatermarkStrategy::no_watermarks()), true)
         }
-        (None, Some(addr)) => env
-            .add_source("lines", SocketSource::new(addr), WatermarkStrategy::no_watermarks())
-            .uid("lines")
-            .flat_map(words)
+        (_, Some(addr), _) => {
+            (env.add_source("lines", SocketSource::new(addr), WatermarkStrategy::no_watermarks()), false)
+        }
+        (_, _, Some(topic)) => {
+            let mut source =
+                KafkaSource::text(&brokers, topic).start_offsets(cli.start_offsets).stop_at_end(cli.stop_at_end);
+            if let Some(rate) = cli.rate {
+                source = source.rate_limit(rate);
+            }
+            (env.add_source("lines", source, WatermarkStrategy::no_watermarks()), cli.stop_at_end)
+        }
+        _ => unreachable!("clap requires --input, --socket or --input-topic"),
+    };
+    let words = lines.uid("lines").flat_map(words);
+    let counts = if bounded {
+        words
+            .key_by(|w: &String| w.clone())
+            .window(GlobalWindows::create())
+            .aggregate_with(Count::default(), |word: &String, _, count, out| {
+                out.collect(WordCount { word: word.clone(), count })
+            })
+            .uid("counts")
+    } else {
+        words
             .map(|word| WordCount { word, count: 1 })
             .key_by(|wc: &WordCount| wc.word.clone())
             .reduce(|a, b| WordCount { word: a.word.clone(), count: a.count + b.count })
-            .uid("counts"),
-        (None, None) => unreachable!("clap requires --input or --socket"),
+            .uid("counts")
     };
-    counts.write_files(FileSink::csv(&cli.output)).uid("sink");
+    if let Some(dir) = &cli.output {
+        counts.write_files(FileSink::csv(dir)).uid("sink");
+    }
+    if let Some(topic) = &cli.output_topic {
+        if cli.delivery == Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
+            clap::Command::new("wordcount")
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
+                )
+                .exit();
+        }
+        let sink = KafkaSink::new(&brokers, topic, cli.delivery, |r: &WordCount| {
+            (Some(r.word.clone()), format!("{},{}", r.word, r.count))
+        });
+        counts.write_kafka(sink).uid("kafka-sink");
+    }
     let result = env.execute("wordcount")?;
     tracing::info!(lines = result.counter("lines.records_out"), rows = result.counter("sink.records_in"), "done");
     Ok(())

@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker_in, example, read_parts, run, run_ok, stop_broker, Rng};
+use common::{broker_in, read_parts, run, run_ok, stop_broker, Rng};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -143,41 +141,7 @@ fn kafka_source_offsets_survive_kills_exactly_once() {
         "--progress-interval".into(),
         "0s".into(),
     ];
-    let mut rng = Rng::new(77);
-    let mut kills = 0;
-    let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < Duration::from_secs(400), "did not finish ({kills} kills)");
-        let mut child = Command::new(example("auction_windows"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = if kills < 30 {
-            Instant::now() + Duration::from_millis(100 + rng.below(400))
-        } else {
-            Instant::now() + Duration::from_secs(120)
-        };
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                child.kill().unwrap();
-                break child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        if status.success() {
-            break;
-        }
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        assert_eq!(status.signal(), Some(9), "only SIGKILL may end a run: {err}");
-        kills += 1;
-    }
+    let kills = common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &[], &[], 30, 77);
     assert!(kills >= 30, "only {kills} kills before the input was consumed");
     assert_eq!(rows(&out), expected, "committed rows equal the failure-free run");
 
@@ -237,61 +201,6 @@ fn malformed_kafka_records_fail_with_their_offset_or_go_to_dead_letters() {
     assert_eq!(v["offset"], 123);
     let counted: u64 = rows(&out).iter().map(|r| r.split(',').nth(2).unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(counted, 499);
-}
-
-/// Restarts `auction_windows args` until it exits 0: first once per named crash point (at a
-/// checkpoint a little ahead), then with SIGKILLs at random moments until `min_kills`.
-fn kill_loop(args: &[String], job_chk: &Path, points: &[&str], min_kills: usize, seed: u64) -> usize {
-    let mut rng = Rng::new(seed);
-    let mut kills = 0;
-    let mut point = 0;
-    let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < Duration::from_secs(400), "did not finish ({kills} kills)");
-        let mut cmd = Command::new(example("auction_windows"));
-        cmd.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
-        let named = point < points.len();
-        if named {
-            let max = std::fs::read_dir(job_chk)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("chk-")?.parse::<u64>().ok())
-                        .max()
-                        .unwrap_or(0)
-                })
-                .unwrap_or(0);
-            cmd.env("WEIR_CRASH_AT", format!("{}:{}", points[point], max + 2));
-            point += 1;
-        }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = if named {
-            Instant::now() + Duration::from_secs(60)
-        } else if kills < min_kills {
-            Instant::now() + Duration::from_millis(100 + rng.below(400))
-        } else {
-            Instant::now() + Duration::from_secs(120)
-        };
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                child.kill().unwrap();
-                break child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        if status.success() {
-            assert!(kills >= min_kills, "finished after only {kills} kills");
-            return kills;
-        }
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        assert_eq!(status.signal(), Some(9), "only SIGKILL may end a run: {err}");
-        if named {
-            assert!(err.contains("WEIR_CRASH_AT: crashing at"), "the named crash point was reached: {err}");
-        }
-        kills += 1;
-    }
 }
 
 /// Every record value of a topic, read with a plain (read_uncommitted) consumer.
@@ -362,17 +271,63 @@ fn exactly_once_publish_survives_kills_and_crash_points() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let kills = kill_loop(
-        &args,
-        &chk.join("auction_windows"),
-        &["mid-snapshot", "after-checkpoint-complete", "mid-publish"],
-        30,
-        41,
-    );
+    let points = ["mid-snapshot", "after-checkpoint-complete", "mid-publish"];
+    let kills = common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 30, 41);
     assert!(kills >= 30);
     let got = topic_values(&addr, &output);
     assert_eq!(got.len(), expected.len(), "as many records as rows of the failure-free run");
     assert_eq!(got, expected, "a plain consumer sees exactly the rows of a failure-free run");
     let ids = weir::operators::kafka::published_ids(&addr, &output).unwrap();
     assert!(ids.values().all(|n| *n == 1), "every (producer, epoch, seq) published once");
+}
+
+#[test]
+fn wordcount_reads_and_writes_kafka_topics() {
+    let own = OwnBroker::start();
+    let addr = own.addr.clone();
+    let input = create_topic(&addr, "wc-in", 2);
+    let output = create_topic(&addr, "wc-out", 2);
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &addr).create().unwrap();
+    let mut rng = Rng::new(3);
+    let vocab = ["kafka", "weir", "stream", "River", "flow"];
+    let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in 0..2_000 {
+        let line: Vec<&str> = (0..rng.below(6)).map(|_| vocab[rng.below(5) as usize]).collect();
+        for w in &line {
+            *expected.entry(w.to_lowercase()).or_default() += 1;
+        }
+        let line = line.join(" ");
+        p.send(BaseRecord::<(), String>::to(&input).partition(i % 2).payload(&line)).unwrap();
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    run_ok(
+        "wordcount",
+        &[
+            "--brokers",
+            &addr,
+            "--input-topic",
+            &input,
+            "--stop-at-end",
+            "--output-topic",
+            &output,
+            "-p",
+            "2",
+            "--checkpoint-dir",
+            chk.to_str().unwrap(),
+            "--checkpoint-interval",
+            "200ms",
+        ],
+    );
+    let got: std::collections::BTreeMap<String, u64> = topic_values(&addr, &output)
+        .iter()
+        .map(|l| {
+            let (w, c) = l.rsplit_once(',').unwrap();
+            (w.to_string(), c.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(topic_values(&addr, &output).len(), expected.len(), "one record per word");
 }

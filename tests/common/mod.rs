@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The path of an example binary built by `cargo test` next to the test executables.
 pub fn example(name: &str) -> PathBuf {
@@ -135,4 +137,87 @@ pub fn stop_broker(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker");
     let out = Command::new(&script).arg("stop").env("WEIR_BROKER_DIR", dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Highest checkpoint id under the job's checkpoint directory.
+pub fn max_checkpoint(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("chk-")?.parse().ok()).max().unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `job args` until it exits 0: first once per point of `early` (each crashes itself at the
+/// first checkpoint from a little ahead on), then with SIGKILLs at random moments until
+/// `min_kills`, then once per point of `late` (reached only at the final checkpoint of the input).
+/// Returns the number of kills.
+pub fn kill_until_done(
+    job: &str,
+    args: &[String],
+    job_chk: &Path,
+    early: &[&str],
+    late: &[&str],
+    min_kills: usize,
+    seed: u64,
+) -> usize {
+    let mut rng = Rng::new(seed);
+    let mut kills = 0;
+    let mut point = 0;
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(400), "{job} did not finish within 400 s ({kills} kills)");
+        let mut cmd = Command::new(example(job));
+        cmd.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
+        let random_phase_done = point >= early.len() && kills >= min_kills + early.len();
+        let named = if point < early.len() {
+            cmd.env("WEIR_CRASH_AT", format!("{}:{}", early[point], max_checkpoint(job_chk) + 2));
+            point += 1;
+            true
+        } else if random_phase_done && point < early.len() + late.len() {
+            cmd.env("WEIR_CRASH_AT", format!("{}:{}", late[point - early.len()], max_checkpoint(job_chk) + 1));
+            point += 1;
+            true
+        } else {
+            false
+        };
+        let mut child = cmd.spawn().expect("starting the job");
+        let deadline = if named {
+            Instant::now() + Duration::from_secs(120)
+        } else if kills < min_kills + early.len() {
+            Instant::now() + Duration::from_millis(60 + rng.below(400))
+        } else {
+            Instant::now() + Duration::from_secs(120)
+        };
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let status = match status {
+            Some(s) => s,
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap()
+            }
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        if status.success() {
+            assert!(!named, "{job} finished without reaching its crash point");
+            if kills >= min_kills && point >= early.len() + late.len() {
+                return kills;
+            }
+            panic!("{job} finished after only {kills} kills; give it more input");
+        }
+        assert_eq!(status.signal(), Some(9), "{job} must only die by SIGKILL, got {status:?}:\n{stderr}");
+        if named {
+            assert!(stderr.contains("WEIR_CRASH_AT: crashing at"), "the named crash point was reached: {stderr}");
+        }
+        kills += 1;
+    }
 }

@@ -172,8 +172,7 @@ struct KafkaReader<T> {
     finished: Vec<i32>,
     registered: bool,
     snapshots: BTreeMap<u64, Vec<(i32, i64)>>,
-    started: std::time::Instant,
-    emitted: u64,
+    pace: Option<crate::sources::Pace>,
 }
 
 impl<T> KafkaReader<T> {
@@ -257,8 +256,7 @@ impl<T: Data> Source<T> for KafkaSource<T> {
             finished: Vec::new(),
             registered: false,
             snapshots: BTreeMap::new(),
-            started: std::time::Instant::now(),
-            emitted: 0,
+            pace: self.rate.map(crate::sources::Pace::new),
         };
         reader.assign()?;
         Ok(Box::new(reader))
@@ -273,18 +271,12 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
             }
             self.registered = true;
         }
-        if let Some(rate) = self.source.rate {
-            let want = self.emitted + out.remaining() as u64;
-            let due = Duration::from_secs_f64(want as f64 / rate as f64);
-            let elapsed = self.started.elapsed();
-            if elapsed < due {
-                return Ok(SourcePoll::Idle((due - elapsed).min(Duration::from_millis(50))));
-            }
+        if let Some(wait) = self.pace.as_mut().and_then(|p| p.admit(out.remaining())) {
+            return Ok(SourcePoll::Idle(wait));
         }
         let mut any = false;
         while out.remaining() > 0 {
             let Some(msg) = self.consumer.poll(Duration::ZERO) else { break };
-            self.emitted += 1;
             let msg = msg.context("reading from Kafka")?;
             let (partition, offset) = (msg.partition(), msg.offset());
             let Some(state) = self.partitions.get_mut(&partition) else { continue };

@@ -236,8 +236,7 @@ struct FileReader<T> {
     info: TaskInfo,
     seen: std::collections::HashSet<PathBuf>,
     next_id: u64,
-    started: std::time::Instant,
-    emitted: u64,
+    pace: Option<super::Pace>,
 }
 
 fn name_hash(path: &Path) -> u64 {
@@ -309,14 +308,8 @@ impl<T: Data> FileReader<T> {
 
 impl<T: Data> SourceReader<T> for FileReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll> {
-        if let Some(rate) = self.source.rate {
-            let want = self.emitted + out.remaining() as u64;
-            let due = Duration::from_secs_f64(want as f64 / rate as f64);
-            let elapsed = self.started.elapsed();
-            if elapsed < due {
-                return Ok(SourcePoll::Idle((due - elapsed).min(Duration::from_millis(50))));
-            }
-            self.emitted = want;
+        if let Some(wait) = self.pace.as_mut().and_then(|p| p.admit(out.remaining())) {
+            return Ok(SourcePoll::Idle(wait));
         }
         // A poll fills its batch across split boundaries, so batches (and the watermarks emitted
         // after each) depend only on the input, not on where splits happen to end.
@@ -445,8 +438,7 @@ impl<T: Data> Source<T> for FileSource<T> {
             info: info.clone(),
             seen: Default::default(),
             next_id: 0,
-            started: std::time::Instant::now(),
-            emitted: 0,
+            pace: self.rate.map(super::Pace::new),
         };
         if self.monitor.is_some() {
             if !self.path.is_dir() {

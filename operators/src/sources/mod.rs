@@ -3,9 +3,11 @@
 mod collection;
 mod file;
 pub mod nexmark;
+mod pace;
 mod socket;
 
 pub use collection::VecSource;
 pub use file::{list_files, plan_splits, DeadLetter, FileSource, FileSplit, LineParser, OnMalformed};
 pub use nexmark::{NexmarkConfig, NexmarkSource};
+pub use pace::Pace;
 pub use socket::SocketSource;
