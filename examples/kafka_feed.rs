@@ -1,0 +1,99 @@
+//! Feeds a Kafka topic: generated Nexmark bids (JSON) or the lines of a file, for demos and tests.
+//!
+//! ```text
+//! kafka_feed --brokers 127.0.0.1:9092 --topic bids --partitions 3 --bids 1000000
+//! kafka_feed --brokers 127.0.0.1:9092 --topic lines --input book.txt
+//! ```
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Parser};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use weir::operators::sources::nexmark::{bid_event_number, generate_event};
+use weir::prelude::*;
+
+/// Writes generated Nexmark bids or a file's lines to a Kafka topic (creating it if needed).
+#[derive(Parser, Debug)]
+#[command(name = "kafka_feed", version, group(ArgGroup::new("what").required(true).args(["bids", "input"])))]
+struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: String,
+    /// The topic.
+    #[arg(long)]
+    topic: String,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Generate this many Nexmark bids (JSON values, round robin over partitions).
+    #[arg(long, value_name = "N")]
+    bids: Option<u64>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Send every line of this file as one record.
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &cli.brokers).create()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let created = rt.block_on(admin.create_topics(
+        &[NewTopic::new(&cli.topic, cli.partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))?;
+    for r in created {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating topic {t}: {e}"),
+        }
+    }
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &cli.brokers).set("linger.ms", "10").create()?;
+    let mut sent = 0u64;
+    let mut send = |value: String| -> Result<()> {
+        let partition = (sent % cli.partitions as u64) as i32;
+        let mut rec = BaseRecord::<(), String>::to(&cli.topic).partition(partition).payload(&value);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("producing to {}: {e}", cli.topic),
+            }
+        }
+        sent += 1;
+        if sent % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    };
+    if let Some(n) = cli.bids {
+        let cfg = NexmarkConfig { seed: cli.seed, ..NexmarkConfig::default() };
+        for k in 0..n {
+            if let Event::Bid(b) = generate_event(&cfg, bid_event_number(k)) {
+                send(serde_json::to_string(&b)?)?;
+            }
+        }
+    }
+    if let Some(path) = &cli.input {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for line in std::io::BufReader::new(file).lines() {
+            send(line?)?;
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    eprintln!("sent {sent} records to {}", cli.topic);
+    Ok(())
+}
