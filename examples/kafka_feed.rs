@@ -45,7 +45,8 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &cli.brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &cli.brokers).create()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let created = rt.block_on(admin.create_topics(
         &[NewTopic::new(&cli.topic, cli.partitions, TopicReplication::Fixed(1))],
