@@ -75,7 +75,7 @@ fn main() -> Result<()> {
             }
         }
         sent += 1;
-        if sent % 10_000 == 0 {
+        if sent.is_multiple_of(10_000) {
             producer.poll(Duration::ZERO);
         }
         Ok(())
