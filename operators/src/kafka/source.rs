@@ -298,6 +298,7 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
                         DeadLetter {
                             origin: format!("{}/{partition}", self.source.topic),
                             offset: offset as u64,
+                            line: None,
                             raw: String::from_utf8_lossy(payload).into_owned(),
                             error: format!("{e:#}"),
                         },

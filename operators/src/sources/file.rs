@@ -22,6 +22,9 @@ pub struct DeadLetter {
     pub origin: String,
     /// Byte offset of the line in the file (or the record's offset).
     pub offset: u64,
+    /// Line number in the file, from 1 (none for records that are not lines of a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
     /// The raw record text (lossy UTF-8).
     pub raw: String,
     /// Why it was rejected.
@@ -226,6 +229,14 @@ struct FileReaderState {
     splits: Vec<SplitState>,
 }
 
+/// The 1-based number of the line that starts at byte `offset` of `path`.
+fn line_number(path: &str, offset: u64) -> Result<u64> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(offset as usize);
+    File::open(path)?.take(offset).read_to_end(&mut head)?;
+    Ok(head.iter().filter(|b| **b == b'\n').count() as u64 + 1)
+}
+
 struct FileReader<T> {
     source: FileSource<T>,
     /// Splits not finished yet, with the offset to start reading at.
@@ -278,14 +289,20 @@ impl<T: Data> FileReader<T> {
         raw: &[u8],
         err: anyhow::Error,
     ) -> Result<()> {
+        // Counting lines up to the bad one costs a read of the file's head, which is fine for the
+        // rare record that is rejected and saves counting lines for every good one.
+        let line = line_number(origin, offset)?;
         match &self.source.on_malformed {
-            OnMalformed::Fail => bail!("malformed record in {origin} at byte offset {offset}: {err:#}"),
+            OnMalformed::Fail => {
+                bail!("malformed record in {origin} at line {line} (byte offset {offset}): {err:#}")
+            }
             OnMalformed::DeadLetter(tag) => {
                 out.side(
                     tag,
                     DeadLetter {
                         origin: origin.to_string(),
                         offset,
+                        line: Some(line),
                         raw: String::from_utf8_lossy(raw).into_owned(),
                         error: format!("{err:#}"),
                     },
