@@ -63,9 +63,20 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     output_topic: Option<String>,
 
-    /// How rows reach --output-topic: at-least-once or exactly-once-publish (needs checkpoints).
+    /// How rows reach --output-topic: at-least-once, exactly-once-publish (any broker) or
+    /// exactly-once-txn (a Kafka transaction per checkpoint; needs full transaction support).
+    /// Both exactly-once modes need checkpoints.
     #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
     delivery: weir::operators::kafka::Delivery,
+
+    /// exactly-once-txn: the producers' transaction.timeout.ms; must exceed --checkpoint-interval
+    /// + --min-pause + --checkpoint-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    transaction_timeout: Duration,
+
+    /// exactly-once-txn: transactional ids are PREFIX-<uid>-<subtask>.
+    #[arg(long, value_name = "PREFIX", default_value = "weir")]
+    transactional_id_prefix: String,
 
     /// Allowed out-of-orderness: the watermark trails the highest event time by this much.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
@@ -83,10 +94,15 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     late_output: Option<PathBuf>,
 
-    /// Directory for unparsable input lines (JSON lines with file and offset); without it an
-    /// unparsable line fails the job, naming its file and offset.
+    /// Directory for unparsable input lines (JSON lines with file and offset); without it (and
+    /// without --dead-letter-topic) an unparsable line fails the job, naming its file and offset.
     #[arg(long, value_name = "DIR")]
     dead_letters: Option<PathBuf>,
+
+    /// Kafka topic for unparsable records (JSON values with origin topic/partition, offset, raw
+    /// text and reason), delivered as --delivery says.
+    #[arg(long, value_name = "TOPIC", requires = "brokers")]
+    dead_letter_topic: Option<String>,
 
     /// Bids per second per source subtask (file) or over all subtasks (generator)
     /// [default: as fast as possible].
@@ -147,11 +163,26 @@ impl AggregateFunction for CountMax {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let to_kafka = cli.output_topic.is_some() || cli.dead_letter_topic.is_some();
+    if to_kafka && cli.delivery == weir::operators::kafka::Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
+        clap::Command::new("auction_windows")
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
+            )
+            .exit();
+    }
+    if to_kafka && cli.delivery == weir::operators::kafka::Delivery::ExactlyOnceTxn {
+        if let Err(e) = weir::operators::kafka::check_transaction_timeout(cli.transaction_timeout, &cli.job) {
+            clap::Command::new("auction_windows").error(clap::error::ErrorKind::ArgumentConflict, e).exit();
+        }
+    }
     init_logging();
     let env = StreamEnv::new(cli.job.clone());
     let delay = Duration::from_millis(cli.max_delay_ms);
     let late = OutputTag::<BidIn>::new("late-bids");
     let malformed = OutputTag::<DeadLetter>::new("dead-letters");
+    let dead_letters_wanted = cli.dead_letters.is_some() || cli.dead_letter_topic.is_some();
 
     let bids: DataStream<BidIn> = match (&cli.input, cli.generate) {
         _ if cli.input_topic.is_some() => {
@@ -163,20 +194,16 @@ fn main() -> Result<()> {
             if let Some(rate) = cli.rate {
                 source = source.rate_limit(rate);
             }
-            if cli.dead_letters.is_some() {
+            if dead_letters_wanted {
                 source = source.dead_letters(&malformed);
             }
             let strategy =
                 WatermarkStrategy::for_bounded_out_of_orderness(delay).with_timestamp_assigner(|b: &BidIn| b.date_time);
-            let bids = env.add_source("bids", source, strategy).uid("bids");
-            if let Some(dir) = &cli.dead_letters {
-                bids.side_output(&malformed).write_files(FileSink::json_lines(dir)).uid("dead-letter-sink");
-            }
-            bids
+            env.add_source("bids", source, strategy).uid("bids")
         }
         (Some(path), _) => {
             let mut source = FileSource::<BidIn>::json_lines(path);
-            if cli.dead_letters.is_some() {
+            if dead_letters_wanted {
                 source = source.dead_letters(&malformed);
             }
             if let Some(rate) = cli.rate {
@@ -184,11 +211,7 @@ fn main() -> Result<()> {
             }
             let strategy =
                 WatermarkStrategy::for_bounded_out_of_orderness(delay).with_timestamp_assigner(|b: &BidIn| b.date_time);
-            let bids = env.add_source("bids", source, strategy).uid("bids");
-            if let Some(dir) = &cli.dead_letters {
-                bids.side_output(&malformed).write_files(FileSink::json_lines(dir)).uid("dead-letter-sink");
-            }
-            bids
+            env.add_source("bids", source, strategy).uid("bids")
         }
         (None, Some(n)) => {
             let cfg = NexmarkConfig {
@@ -212,6 +235,19 @@ fn main() -> Result<()> {
         (None, None) => unreachable!("clap requires --input, --generate or --input-topic"),
     };
 
+    if dead_letters_wanted && cli.generate.is_none() {
+        let letters = bids.side_output(&malformed);
+        if let Some(dir) = &cli.dead_letters {
+            letters.write_files(FileSink::json_lines(dir)).uid("dead-letter-sink");
+        }
+        if let Some(topic) = &cli.dead_letter_topic {
+            let brokers = cli.brokers.as_deref().unwrap_or_default();
+            let sink = weir::operators::kafka::KafkaSink::new(brokers, topic, cli.delivery, |d: &DeadLetter| {
+                (None, serde_json::to_string(d).unwrap_or_default())
+            });
+            letters.write_kafka(sink).uid("dead-letter-topic-sink");
+        }
+    }
     let window_parallelism = cli.window_parallelism.unwrap_or(cli.job.parallelism);
     let rows = bids
         .key_by(|b: &BidIn| b.auction)
@@ -226,18 +262,12 @@ fn main() -> Result<()> {
         rows.write_files(FileSink::csv(dir)).uid("window-sink").set_parallelism(window_parallelism);
     }
     if let Some(topic) = &cli.output_topic {
-        if cli.delivery == weir::operators::kafka::Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
-            clap::Command::new("auction_windows")
-                .error(
-                    clap::error::ErrorKind::MissingRequiredArgument,
-                    "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
-                )
-                .exit();
-        }
         let brokers = cli.brokers.as_deref().unwrap_or_default();
         let sink = weir::operators::kafka::KafkaSink::new(brokers, topic, cli.delivery, |r: &WindowRow| {
             (Some(r.auction.to_string()), format!("{},{},{},{}", r.window_start, r.auction, r.count, r.max_price))
-        });
+        })
+        .transaction_timeout(cli.transaction_timeout)
+        .transactional_id_prefix(&cli.transactional_id_prefix);
         rows.write_kafka(sink).uid("kafka-sink").set_parallelism(window_parallelism);
     }
     if let Some(dir) = &cli.late_output {

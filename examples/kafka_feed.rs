@@ -41,6 +41,10 @@ struct Cli {
     /// Send every line of this file as one record.
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
+    /// With --input: parse each line as a JSON object and use this field as the record key, so
+    /// that all records of a key land in one partition, in file order.
+    #[arg(long, value_name = "FIELD", requires = "input")]
+    key_field: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -61,9 +65,13 @@ fn main() -> Result<()> {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &cli.brokers).set("linger.ms", "10").create()?;
     let mut sent = 0u64;
-    let mut send = |value: String| -> Result<()> {
-        let partition = (sent % cli.partitions as u64) as i32;
-        let mut rec = BaseRecord::<(), String>::to(&cli.topic).partition(partition).payload(&value);
+    let mut send = |key: Option<String>, value: String| -> Result<()> {
+        let mut rec = BaseRecord::<String, String>::to(&cli.topic).payload(&value);
+        rec = match &key {
+            // librdkafka's partitioner hashes the key: one partition per key.
+            Some(k) => rec.key(k),
+            None => rec.partition((sent % cli.partitions as u64) as i32),
+        };
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
@@ -84,14 +92,27 @@ fn main() -> Result<()> {
         let cfg = NexmarkConfig { seed: cli.seed, ..NexmarkConfig::default() };
         for k in 0..n {
             if let Event::Bid(b) = generate_event(&cfg, bid_event_number(k)) {
-                send(serde_json::to_string(&b)?)?;
+                send(None, serde_json::to_string(&b)?)?;
             }
         }
     }
     if let Some(path) = &cli.input {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            send(line?)?;
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            let key = match &cli.key_field {
+                Some(field) => {
+                    let v: serde_json::Value = serde_json::from_str(&line)
+                        .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
+                    match v.get(field) {
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(other) => Some(other.to_string()),
+                        None => bail!("{} line {}: no field {field}", path.display(), n + 1),
+                    }
+                }
+                None => None,
+            };
+            send(key, line)?;
         }
     }
     producer.flush(Duration::from_secs(60))?;

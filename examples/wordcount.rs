@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example wordcount -- --input book.txt --output /tmp/wc
-//! nc -lk 9999 &   cargo run --release --example wordcount -- --socket 127.0.0.1:9999 --output /tmp/wc
+//! nc -lk 9999 &   cargo run --release --example wordcount -- --socket 127.0.0.1:9999 --console
 //! ```
 
 use std::path::PathBuf;
@@ -14,18 +14,20 @@ use serde::{Deserialize, Serialize};
 use weir::operators::kafka::{Delivery, KafkaSink, KafkaSource, StartOffsets};
 use weir::prelude::*;
 
-/// Counts words and writes `word,count` rows as CSV part files and/or to a Kafka topic.
+/// Counts words and writes `word,count` rows as CSV part files, to a Kafka topic and/or as a
+/// table on the console.
 ///
 /// Words are the maximal runs of letters and digits, lower-cased. From --input (a file or a
 /// directory of files) or from --input-topic with --stop-at-end the input is bounded and each
 /// word's final count is written once; from --socket (like Spark's socket source) or a live
-/// --input-topic the job writes a row with the new count every time a word is seen.
+/// --input-topic the job writes a row with the new count every time a word is seen (Spark's
+/// update mode), and --console prints the whole table every --trigger (complete mode).
 #[derive(Parser, Debug)]
 #[command(
     name = "wordcount",
     version,
     group(ArgGroup::new("source").required(true).args(["input", "socket", "input_topic"])),
-    group(ArgGroup::new("sink").required(true).multiple(true).args(["output", "output_topic"]))
+    group(ArgGroup::new("sink").required(true).multiple(true).args(["output", "output_topic", "console"]))
 )]
 struct Cli {
     /// Text file or directory of text files.
@@ -68,6 +70,19 @@ struct Cli {
     /// How rows reach --output-topic: at-least-once or exactly-once-publish (needs checkpoints).
     #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
     delivery: Delivery,
+
+    /// Print the whole table of counts to standard output every --trigger, like Spark's console
+    /// sink in complete mode.
+    #[arg(long)]
+    console: bool,
+
+    /// How often --console prints the table (when it changed).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    trigger: std::time::Duration,
+
+    /// Rows --console shows, most frequent words first.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    console_rows: usize,
 
     #[command(flatten)]
     job: JobArgs,
@@ -127,6 +142,15 @@ fn main() -> Result<()> {
     };
     if let Some(dir) = &cli.output {
         counts.write_files(FileSink::csv(dir)).uid("sink");
+    }
+    if cli.console {
+        let table = ConsoleTable::new(&["word", "count"], |r: &WordCount| {
+            (r.word.clone(), vec![r.word.clone(), r.count.to_string()])
+        })
+        .trigger(cli.trigger)
+        .rows(cli.console_rows)
+        .sort_desc_by("count");
+        counts.print_table(table).uid("console");
     }
     if let Some(topic) = &cli.output_topic {
         if cli.delivery == Delivery::ExactlyOncePublish && !cli.job.checkpointing() {

@@ -28,9 +28,11 @@ mod functions;
 /// Everything a job needs, in one import.
 pub mod prelude {
     pub use crate::functions::{Count, Max, Sum};
-    pub use weir_operators::sinks::{Collected, FileSink};
+    pub use weir_operators::sinks::{Collected, ConsoleTable, FileSink};
     pub use weir_operators::sources::nexmark::{Auction, Bid, Event, Person};
-    pub use weir_operators::sources::{DeadLetter, FileSource, NexmarkConfig, NexmarkSource, SocketSource, VecSource};
+    pub use weir_operators::sources::{
+        DeadLetter, FileSource, HttpSource, NexmarkConfig, NexmarkSource, SocketSource, VecSource,
+    };
     pub use weir_operators::window::{
         EventTimeSessionWindows, GlobalWindows, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows,
         TumblingProcessingTimeWindows,

@@ -201,6 +201,33 @@ fn malformed_kafka_records_fail_with_their_offset_or_go_to_dead_letters() {
     assert_eq!(v["offset"], 123);
     let counted: u64 = rows(&out).iter().map(|r| r.split(',').nth(2).unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(counted, 499);
+
+    // The same dead letter, to a topic.
+    let dead_topic = create_topic(&addr, "malformed-dead", 1);
+    let out2 = dir.path().join("out2");
+    run_ok(
+        "auction_windows",
+        &[
+            "--brokers",
+            &addr,
+            "--input-topic",
+            &topic,
+            "--stop-at-end",
+            "--output",
+            out2.to_str().unwrap(),
+            "--dead-letter-topic",
+            &dead_topic,
+            "--delivery",
+            "at-least-once",
+        ],
+    );
+    let values = topic_values(&addr, &dead_topic);
+    assert_eq!(values.len(), 1, "{values:?}");
+    let v: serde_json::Value = serde_json::from_str(&values[0]).unwrap();
+    assert_eq!(v["origin"], format!("{topic}/0"));
+    assert_eq!(v["offset"], 123);
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    assert_eq!(rows(&out2), rows(&out), "the same windows either way");
 }
 
 /// Every record value of a topic, read with a plain (read_uncommitted) consumer.
@@ -330,4 +357,196 @@ fn wordcount_reads_and_writes_kafka_topics() {
         .collect();
     assert_eq!(got, expected);
     assert_eq!(topic_values(&addr, &output).len(), expected.len(), "one record per word");
+}
+
+/// Every record of a topic with its `weir.*` headers, read with `isolation`.
+fn topic_records(addr: &str, topic: &str, isolation: &str) -> Vec<(String, u64, usize, String)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "reader")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts: Vec<i32> = meta.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut out = Vec::new();
+    for part in parts {
+        let (low, high) = c.fetch_watermarks(topic, part, Duration::from_secs(10)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, part, Offset::Offset(low)).unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut next = low;
+        // read_committed ends at the last stable offset: stop when nothing more comes.
+        while next < high && Instant::now() < deadline {
+            let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+            let m = m.unwrap();
+            next = m.offset() + 1;
+            let h = m.headers().expect("weir headers");
+            let get = |k: &str| {
+                use rdkafka::message::Headers;
+                h.iter().find(|x| x.key == k).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            out.push((
+                get("weir.producer").unwrap(),
+                get("weir.epoch").unwrap().parse().unwrap(),
+                get("weir.seq").unwrap().parse().unwrap(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let own = OwnBroker::start();
+    let addr = own.addr.clone();
+    let input = create_topic(&addr, "txn-in", 3);
+    let output = create_topic(&addr, "txn-out", 2);
+    produce_bids(&addr, &input, 3, 30_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref");
+    run_ok(
+        "auction_windows",
+        &["--brokers", &addr, "--input-topic", &input, "--stop-at-end", "--output", reference.to_str().unwrap()],
+    );
+    let expected = rows(&reference);
+    assert!(expected.len() > 200);
+
+    // The transaction timeout is checked against the checkpoint settings at start-up.
+    let chk = dir.path().join("chk");
+    let o = run(
+        "auction_windows",
+        &[
+            "--brokers",
+            &addr,
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--delivery",
+            "exactly-once-txn",
+            "--checkpoint-dir",
+            chk.to_str().unwrap(),
+            "--checkpoint-interval",
+            "10s",
+            "--transaction-timeout",
+            "1m",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "a clap usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--transaction-timeout 1m is too short"));
+
+    let prefix = format!("txn-test-{}", std::process::id());
+    let args: Vec<String> = [
+        "--brokers",
+        &addr,
+        "--input-topic",
+        &input,
+        "--stop-at-end",
+        "--output-topic",
+        &output,
+        "--delivery",
+        "exactly-once-txn",
+        "--transactional-id-prefix",
+        &prefix,
+        "--window-parallelism",
+        "2",
+        "--checkpoint-dir",
+        chk.to_str().unwrap(),
+        "--checkpoint-interval",
+        "150ms",
+        "--rate",
+        "5000",
+        "--progress-interval",
+        "0s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let points = ["before-sink-commit", "after-checkpoint-complete", "mid-sink-commit", "mid-snapshot"];
+    let kills = common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 12, 43);
+    assert!(kills >= 12);
+
+    let records = topic_records(&addr, &output, "read_committed");
+    let values: std::collections::BTreeSet<&str> = records.iter().map(|r| r.3.as_str()).collect();
+    let missing: Vec<&String> = expected.iter().filter(|r| !values.contains(r.as_str())).collect();
+    assert!(missing.is_empty(), "no loss: {} rows missing, e.g. {:?}", missing.len(), missing.first());
+    // A record's identity (producer, epoch, seq) always carries the same row: a repaired epoch is
+    // re-produced exactly as it was first sent.
+    let mut by_id: std::collections::HashMap<(String, u64, usize), (&str, usize)> = Default::default();
+    for (p, e, s, v) in &records {
+        let entry = by_id.entry((p.clone(), *e, *s)).or_insert((v.as_str(), 0));
+        assert_eq!(entry.0, v, "({p}, {e}, {s}) carries one row");
+        entry.1 += 1;
+    }
+    assert!(by_id.keys().all(|(p, _, _)| p.starts_with(&prefix)), "transactional ids are <prefix>-<uid>-<subtask>");
+    // The crash between "checkpoint complete" and the commit was repaired: some epoch was
+    // re-produced whole after its first transaction was aborted by the restart.
+    let mut epochs: std::collections::BTreeMap<(String, u64), Vec<usize>> = Default::default();
+    for ((p, e, _), (_, n)) in &by_id {
+        epochs.entry((p.clone(), *e)).or_default().push(*n);
+    }
+    assert!(
+        epochs.values().any(|counts| counts.iter().all(|n| *n >= 2)),
+        "an epoch re-produced whole after the crash before its commit"
+    );
+    // Each epoch's marker: the committed offset of the marker group is the last epoch committed.
+    for sub in 0..2 {
+        let id = format!("{prefix}-kafka-sink-{sub}");
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("group.id", format!("weir-txn-{id}"))
+            .create()
+            .unwrap();
+        let mut q = TopicPartitionList::new();
+        q.add_partition(&output, 0);
+        let committed = c.committed_offsets(q, Duration::from_secs(10)).unwrap();
+        let marker = match committed.find_partition(&output, 0).unwrap().offset() {
+            Offset::Offset(o) => o as u64,
+            other => panic!("no marker for {id}: {other:?}"),
+        };
+        assert!(epochs.contains_key(&(id.clone(), marker)), "{id}: the marker {marker} is an epoch it sent");
+        for ((p, e), counts) in &epochs {
+            if *p == id && counts.iter().all(|n| *n >= 2) {
+                assert!(*e <= marker, "{id}: the repaired epoch {e} is committed (marker {marker})");
+            }
+        }
+    }
+    // The CLI lists the job's transactional ids from its last checkpoint, with their markers.
+    let listed = std::process::Command::new(common::weir_cli())
+        .args(["kafka", "transactions", "--brokers", &addr, "--checkpoint"])
+        .arg(chk.join("auction_windows"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    for sub in 0..2 {
+        let id = format!("{prefix}-kafka-sink-{sub}");
+        let line = text.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+        assert!(line.contains("up to date"), "{line}");
+    }
+    let aborted = std::process::Command::new(common::weir_cli())
+        .args(["kafka", "transactions", "--brokers", &addr, "--checkpoint"])
+        .arg(chk.join("auction_windows"))
+        .args(["--abort", &format!("{prefix}-kafka-sink-0")])
+        .output()
+        .unwrap();
+    assert!(aborted.status.success(), "{}", String::from_utf8_lossy(&aborted.stderr));
+    assert!(String::from_utf8_lossy(&aborted.stdout).contains("aborted"));
+    // What this broker cannot do: hide aborted transactions from read_committed readers.
+    let mut got: Vec<String> = records.iter().map(|r| r.3.clone()).collect();
+    got.sort();
+    if got == expected {
+        println!("read_committed: exactly the rows of a failure-free run (the broker hides aborted transactions)");
+    } else {
+        println!(
+            "NOT SUPPORTED by this broker: read_committed exactness ({} records read, {} expected): it delivers \
+             records of aborted transactions, so only no-loss and the per-epoch commit markers are asserted",
+            got.len(),
+            expected.len()
+        );
+    }
 }

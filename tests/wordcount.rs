@@ -112,3 +112,71 @@ fn socket_word_counts_are_updated_per_word() {
     }
     assert_eq!(last, expected);
 }
+
+/// One printed batch of the console table: its number, its rows, whether rows were left out.
+type Batch = (u64, Vec<(String, u64)>, bool);
+
+fn console_batches(stdout: &str) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    let mut lines = stdout.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(n) = l.strip_prefix("Batch: ") else { continue };
+        let n: u64 = n.parse().unwrap();
+        assert!(lines.next().unwrap().starts_with("----"));
+        assert!(lines.next().unwrap().starts_with("+-"));
+        let header: Vec<String> = lines.next().unwrap().split('|').map(|c| c.trim().to_string()).collect();
+        assert_eq!(header, ["", "word", "count", ""]);
+        assert!(lines.next().unwrap().starts_with("+-"));
+        let mut rows = Vec::new();
+        for row in lines.by_ref() {
+            if row.starts_with("+-") {
+                break;
+            }
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            rows.push((cells[1].to_string(), cells[2].parse().unwrap()));
+        }
+        let truncated = lines.peek().is_some_and(|l| l.starts_with("only showing top"));
+        batches.push((n, rows, truncated));
+    }
+    batches
+}
+
+#[test]
+fn socket_word_counts_print_the_complete_table_every_trigger() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let child = Command::new(example("wordcount"))
+        .args(["--socket", &addr, "--console", "--trigger", "200ms", "--console-rows", "5"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    let lines = corpus(3_000, 7);
+    for chunk in lines.chunks(300) {
+        for l in chunk {
+            writeln!(conn, "{l}").unwrap();
+        }
+        conn.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    drop(conn);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let batches = console_batches(&String::from_utf8_lossy(&out.stdout));
+    assert!(batches.len() >= 3, "a table per trigger while lines arrive, got {}", batches.len());
+    for (i, (n, rows, truncated)) in batches.iter().enumerate() {
+        assert_eq!(*n, i as u64, "batches are numbered from 0");
+        assert_eq!(rows.len(), 5, "--console-rows rows per batch");
+        assert!(truncated, "more words than rows shown");
+        assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "most frequent first: {rows:?}");
+    }
+    // The last table is complete mode's final result: the top words of the whole input.
+    let mut expected: Vec<(String, u64)> = reference(&lines).into_iter().collect();
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    expected.truncate(5);
+    assert_eq!(batches.last().unwrap().1, expected);
+    // Earlier tables show smaller counts: the table is updated, not appended.
+    assert!(batches[0].1[0].1 < expected[0].1);
+}

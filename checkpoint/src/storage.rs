@@ -60,6 +60,16 @@ impl CheckpointStorage {
         self.base.join(format!("chk-{id}"))
     }
 
+    /// Records on disk that checkpoint `id` was started, before its barriers flow: ids are never
+    /// reused after a crash, so what sinks did under an id (a transaction, a file) is never
+    /// confused with a later checkpoint's.
+    pub fn reserve(&self, id: u64) -> Result<()> {
+        let dir = self.chk_dir(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::File::open(&self.base)?.sync_all()?;
+        Ok(())
+    }
+
     /// Every `chk-<n>` directory, complete or not, by increasing id.
     pub fn list(&self) -> Result<Vec<(u64, PathBuf)>> {
         let mut out = Vec::new();

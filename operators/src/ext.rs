@@ -10,7 +10,7 @@ use weir_state::AggregateFunction;
 
 use crate::basic::{Filter, FlatMap, Map, TryMap};
 use crate::keyed::{RollingAggregate, RollingReduce};
-use crate::sinks::{CollectSink, Collected, FileSink, PrintSink};
+use crate::sinks::{CollectSink, Collected, ConsoleTable, FileSink, PrintSink};
 use crate::window::{WindowAssigner, WindowedStream};
 
 /// Transformations and sinks of any stream.
@@ -44,8 +44,11 @@ pub trait DataStreamExt<T: Data> {
     fn print(&self) -> DataStream<()>
     where
         T: std::fmt::Debug;
-    /// Writes CSV part files under the sink's directory.
-    fn write_files(&self, sink: FileSink) -> DataStream<()>
+    /// Prints the latest row per key as a table every trigger interval, like Spark's console
+    /// sink in complete mode (one subtask).
+    fn print_table(&self, table: ConsoleTable<T>) -> DataStream<()>;
+    /// Writes part files (CSV, JSON lines or Parquet) under the sink's directory.
+    fn write_files(&self, sink: FileSink<T>) -> DataStream<()>
     where
         T: Serialize;
     /// Appends every record to `target` (tests, small examples).
@@ -83,11 +86,14 @@ impl<T: Data> DataStreamExt<T> for DataStream<T> {
     {
         self.transform("print", |info| PrintSink::new(info.subtask, info.parallelism))
     }
-    fn write_files(&self, sink: FileSink) -> DataStream<()>
+    fn print_table(&self, table: ConsoleTable<T>) -> DataStream<()> {
+        self.transform("console", move |_| table.operator()).set_parallelism(1)
+    }
+    fn write_files(&self, sink: FileSink<T>) -> DataStream<()>
     where
         T: Serialize,
     {
-        self.transform("file-sink", move |info| sink.operator::<T>(info))
+        self.transform("file-sink", move |info| sink.operator(info))
     }
     fn collect_into(&self, target: &Collected<T>) -> DataStream<()> {
         let target = target.clone();

@@ -546,6 +546,9 @@ fn run_attempt(
                 let barrier =
                     CheckpointBarrier { id: next_id, timestamp: crate::time::now_millis(), savepoint, terminal };
                 next_id += 1;
+                if let Some(st) = storage {
+                    st.reserve(barrier.id)?;
+                }
                 for c in &source_controls {
                     let _ = c.send(Control::Trigger(barrier));
                 }

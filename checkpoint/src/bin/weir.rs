@@ -27,6 +27,31 @@ enum Command {
         #[command(subcommand)]
         command: SavepointCommand,
     },
+    /// Kafka state of a job.
+    Kafka {
+        #[command(subcommand)]
+        command: KafkaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KafkaCommand {
+    /// Lists the transactional ids of a job's `exactly-once-txn` sinks with their state (last
+    /// committed epoch, epochs the checkpoint holds that are not committed yet), or aborts the
+    /// open transaction of one id.
+    Transactions {
+        /// Kafka bootstrap servers.
+        #[arg(long, value_name = "HOST:PORT")]
+        brokers: String,
+        /// The job's checkpoint directory (`<checkpoint-dir>/<job>`: its newest complete
+        /// checkpoint is read), or a `chk-N` or savepoint directory.
+        #[arg(long, value_name = "PATH")]
+        checkpoint: PathBuf,
+        /// Abort the open transaction of this transactional id by initialising it (this also
+        /// fences a running producer that holds it: stop the job first).
+        #[arg(long, value_name = "TRANSACTIONAL_ID")]
+        abort: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,9 +134,92 @@ fn list(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Lists (or aborts) the transactional ids recorded in a job's checkpoint.
+fn transactions(brokers: &str, path: &std::path::Path, abort: Option<&str>) -> Result<()> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let timeout = std::time::Duration::from_secs(30);
+    let snap = if path.join("shared").is_dir() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let storage = CheckpointStorage::new(path.parent().context("checkpoint path without parent")?, &name)?;
+        storage.latest_valid()?.with_context(|| format!("no complete checkpoint under {}", path.display()))?
+    } else {
+        load(path)?
+    };
+    let mut ids = Vec::new();
+    for op in &snap.meta.operators {
+        for sub in &op.subtasks {
+            let Some(state) = inspect::operator_state(&snap, sub)? else { continue };
+            if state.get("transactional").and_then(|t| t.as_bool()) != Some(true) {
+                continue;
+            }
+            let id = state.get("producer_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let topic = state.get("topic").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let pending: Vec<(u64, usize)> = state
+                .get("pending")
+                .and_then(|p| p.as_array())
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            let id = e.get("checkpoint").and_then(|c| c.as_u64()).unwrap_or(0);
+                            (id, e.get("records").and_then(|r| r.as_array()).map_or(0, |r| r.len()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.push((op.uid.clone(), id, topic, pending));
+        }
+    }
+    if let Some(id) = abort {
+        if !ids.iter().any(|(_, i, _, _)| i == id) {
+            bail!("{id} is not a transactional id of this job's checkpoint");
+        }
+        let p: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", brokers).set("transactional.id", id).create()?;
+        p.init_transactions(timeout).with_context(|| format!("initialising {id}"))?;
+        println!("{id}: any open transaction is aborted and earlier producers with this id are fenced");
+        return Ok(());
+    }
+    println!("checkpoint {} of job {}", snap.meta.checkpoint_id, snap.meta.job);
+    println!("{:<16} {:<40} {:<24} {:>10}  state", "operator", "transactional id", "topic", "committed");
+    for (uid, id, topic, pending) in ids {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("weir-txn-{id}"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut q = TopicPartitionList::new();
+        q.add_partition(&topic, 0);
+        let committed =
+            consumer.committed_offsets(q, timeout).with_context(|| format!("reading the marker of {id}"))?;
+        let done = match committed.find_partition(&topic, 0).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+            _ => None,
+        };
+        let waiting: Vec<String> = pending
+            .iter()
+            .filter(|(e, _)| done.is_none_or(|d| *e > d))
+            .map(|(e, n)| format!("epoch {e} ({n} records)"))
+            .collect();
+        let state = if waiting.is_empty() {
+            "up to date".to_string()
+        } else {
+            format!("not committed yet, committed on restore: {}", waiting.join(", "))
+        };
+        let done = done.map_or("-".to_string(), |d| d.to_string());
+        println!("{uid:<16} {id:<40} {topic:<24} {done:>10}  {state}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Kafka { command: KafkaCommand::Transactions { brokers, checkpoint, abort } } => {
+            transactions(&brokers, &checkpoint, abort.as_deref())
+        }
         Command::Checkpoints { command: CheckpointsCommand::List { dir } } => list(&dir),
         Command::Savepoint { command: SavepointCommand::Inspect { path, json } } => {
             let snap = load(&path)?;

@@ -4,5 +4,8 @@
 mod sink;
 mod source;
 
-pub use sink::{published_ids, Delivery, KafkaSink, KafkaSinkOperator, Serializer};
+pub use sink::{
+    check_transaction_timeout, published_ids, Delivery, KafkaSink, KafkaSinkOperator, Serializer,
+    DEFAULT_TRANSACTION_TIMEOUT,
+};
 pub use source::{KafkaSource, StartOffsets};
