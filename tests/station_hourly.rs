@@ -12,7 +12,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{TimestampMillisecondType, UInt64Type};
 use arrow_array::Array;
 use chrono::{DateTime, Datelike, NaiveDateTime, Timelike};
-use common::{example, kill_until_done, run_ok};
+use common::{broker, example, kill_until_done, run_ok};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// (window_start, stationId) -> (window_end, total_rental, total_return)
@@ -188,4 +188,27 @@ fn station_hourly_survives_kills_without_loss_or_duplicates() {
     // A restart that forgot a station's previous count would count its next reading as neither
     // rental nor return, and a replayed reading would be counted twice: both change the sums.
     assert_rows_eq(&read_output(&out), &expected, "committed Parquet rows after kills");
+}
+
+#[test]
+fn station_hourly_reads_a_kafka_topic_keyed_by_station() {
+    let addr = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("readings.jsonl");
+    feed(&input, &["--stations", "12", "--readings", "6000", "--step", "5s", "--seed", "5"]);
+    let expected = reference(&input);
+    let topic = format!("readings-{}-{}", std::process::id(), common::free_port());
+    // Keyed by station: each station's readings stay in one partition, in file order.
+    let fed = Command::new(example("kafka_feed"))
+        .args(["--brokers", &addr, "--topic", &topic, "--partitions", "3", "--key-field", "stationId", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(fed.status.success(), "{}", String::from_utf8_lossy(&fed.stderr));
+    let out = dir.path().join("out");
+    run_ok(
+        "station_hourly",
+        &["--brokers", &addr, "--input-topic", &topic, "--stop-at-end", "--output", out.to_str().unwrap(), "-p", "3"],
+    );
+    assert_rows_eq(&read_output(&out), &expected, "rows from the Kafka topic");
 }
