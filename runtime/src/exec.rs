@@ -513,6 +513,7 @@ fn run_attempt(
     let mut failures = 0u32;
     let mut stop_requested = false;
     let mut savepoint_waiters: Vec<SavepointRequest> = Vec::new();
+    let mut terminal_done = false;
 
     let total = handles.len();
     let mut failure: Option<anyhow::Error> = None;
@@ -532,7 +533,8 @@ fn run_attempt(
     while done < total {
         // Trigger a checkpoint when one is due, when every source has ended (the final one) or
         // when a savepoint or a stop was asked for.
-        if checkpointing && pending.is_none() && !torn_down {
+        // After a terminal checkpoint completed the tasks are only winding down: no more checkpoints.
+        if checkpointing && pending.is_none() && !torn_down && !terminal_done {
             if stop_signal.load(Ordering::Relaxed) && !stop_requested {
                 stop_requested = true;
                 tracing::info!("stop requested: taking a final savepoint");
@@ -642,6 +644,7 @@ fn run_attempt(
                 Ok(IoDone::Finalized { id, savepoint, bytes }) => {
                     crate::fault::crash_point("after-checkpoint-complete", id);
                     if let Some(p) = pending.take() {
+                        terminal_done |= p.barrier.terminal;
                         let ms = p.started.elapsed().as_millis() as u64;
                         control.record(CheckpointInfo {
                             id,
