@@ -218,10 +218,34 @@ impl<'a> KeyedContext<'a> {
 
     /// A typed view of a declared state, for the current key.
     ///
-    /// ```ignore
-    /// let mut count = ctx.state(&self.count)?;
-    /// let n = count.value()?.unwrap_or(0) + 1;
-    /// count.update(&n)?;
+    /// ```
+    /// use weir_runtime::{Collector, KeyedContext, KeyedOperator, Record};
+    /// use weir_state::ValueStateDescriptor;
+    ///
+    /// /// Counts the records of each key.
+    /// struct CountPerKey {
+    ///     count: ValueStateDescriptor<u64>,
+    /// }
+    ///
+    /// impl KeyedOperator for CountPerKey {
+    ///     type Key = String;
+    ///     type In = String;
+    ///     type Out = (String, u64);
+    ///     fn process(
+    ///         &mut self,
+    ///         key: &String,
+    ///         _record: Record<String>,
+    ///         ctx: &mut KeyedContext,
+    ///         out: &mut Collector<(String, u64)>,
+    ///     ) -> anyhow::Result<()> {
+    ///         let mut count = ctx.state(&self.count)?;
+    ///         let n = count.value()?.unwrap_or(0) + 1;
+    ///         count.update(&n)?;
+    ///         out.collect((key.clone(), n));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let _op = CountPerKey { count: ValueStateDescriptor::new("count") };
     /// ```
     pub fn state<D: StateDescriptor>(&mut self, descriptor: &D) -> Result<D::Handle<'_>> {
         descriptor.bind(self.backend)
