@@ -552,3 +552,60 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
         );
     }
 }
+
+#[test]
+fn changing_the_delivery_mode_over_unwritten_output_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let own = OwnBroker::start();
+    let addr = own.addr.clone();
+    let input = create_topic(&addr, "mode-in", 1);
+    let output = create_topic(&addr, "mode-out", 1);
+    produce_bids(&addr, &input, 1, 6_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref");
+    run_ok(
+        "auction_windows",
+        &["--brokers", &addr, "--input-topic", &input, "--stop-at-end", "--output", reference.to_str().unwrap()],
+    );
+    let chk = dir.path().join("chk");
+    let args = |delivery: &str| -> Vec<String> {
+        [
+            "--brokers",
+            &addr,
+            "--input-topic",
+            &input,
+            "--stop-at-end",
+            "--output-topic",
+            &output,
+            "--delivery",
+            delivery,
+            "--checkpoint-dir",
+            chk.to_str().unwrap(),
+            "--checkpoint-interval",
+            "100ms",
+            "--rate",
+            "3000",
+            "--restart-attempts",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Crash while publishing: the checkpoint holds an epoch that is only partly written.
+    let o = std::process::Command::new(common::example("auction_windows"))
+        .args(args("exactly-once-publish"))
+        .env("WEIR_CRASH_AT", "mid-publish:3")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("WEIR_CRASH_AT: crashing at"), "the crash point was reached");
+    for other in ["exactly-once-txn", "at-least-once"] {
+        let o = run("auction_windows", &args(other).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!o.status.success(), "--delivery {other} must not drop the unwritten epoch");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("restore with --delivery exactly-once-publish"), "{stderr}");
+    }
+    run_ok("auction_windows", &args("exactly-once-publish").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(topic_values(&addr, &output), rows(&reference), "the original mode finishes the output exactly");
+}

@@ -340,6 +340,18 @@ impl<T> KafkaSinkOperator<T> {
         Ok(())
     }
 
+    /// The checkpointed state: the epochs not yet known to be written.
+    fn state_bytes(&self) -> Result<Option<Vec<u8>>> {
+        let st = SinkState {
+            subtask: self.subtask,
+            producer_id: self.producer_id.clone(),
+            pending: self.pending.clone(),
+            topic: self.sink.topic.clone(),
+            transactional: self.sink.delivery == Delivery::ExactlyOnceTxn,
+        };
+        Ok(Some(serde_json::to_vec(&st)?))
+    }
+
     fn headers(producer_id: &str, epoch: u64, seq: usize) -> OwnedHeaders {
         OwnedHeaders::new()
             .insert(Header { key: "weir.producer", value: Some(producer_id) })
@@ -448,15 +460,31 @@ impl<T: Data> Operator for KafkaSinkOperator<T> {
     type Out = ();
 
     fn restore_state(&mut self, states: Vec<Vec<u8>>, ctx: &mut OperatorContext) -> Result<()> {
+        let states: Vec<SinkState> = states
+            .iter()
+            .map(|b| serde_json::from_slice(b).context("decoding a Kafka sink snapshot"))
+            .collect::<Result<_>>()?;
+        // Pending epochs are output of completed checkpoints that only the delivery mode which
+        // wrote them knows how to finish: another mode would drop them.
+        let txn = self.sink.delivery == Delivery::ExactlyOnceTxn;
+        if let Some(st) = states.iter().find(|st| {
+            !st.pending.is_empty() && (st.transactional != txn || !txn && self.sink.delivery == Delivery::AtLeastOnce)
+        }) {
+            let was = if st.transactional { "exactly-once-txn" } else { "exactly-once-publish" };
+            bail!(
+                "the restored snapshot holds output of completed checkpoints not yet written by --delivery {was} \
+                 (sink subtask {}): restore with --delivery {was}, let it finish or take a savepoint, then change it",
+                st.subtask
+            );
+        }
         if self.sink.delivery == Delivery::AtLeastOnce {
             return Ok(());
         }
         self.connect(ctx.info())?;
         let p = ctx.info().parallelism;
-        for bytes in states {
-            let st: SinkState = serde_json::from_slice(&bytes).context("decoding a Kafka sink snapshot")?;
-            if self.sink.delivery == Delivery::ExactlyOnceTxn {
-                if st.subtask % p != self.subtask || st.producer_id.is_empty() {
+        for st in states {
+            if txn {
+                if st.subtask % p != self.subtask {
                     continue;
                 }
                 if st.producer_id == self.producer_id {
@@ -531,14 +559,7 @@ impl<T: Data> Operator for KafkaSinkOperator<T> {
                     let records = std::mem::take(&mut self.current);
                     self.pending.push(Epoch { checkpoint: checkpoint_id, start_offsets, records });
                 }
-                let st = SinkState {
-                    subtask: self.subtask,
-                    producer_id: self.producer_id.clone(),
-                    pending: self.pending.clone(),
-                    topic: self.sink.topic.clone(),
-                    transactional: self.sink.delivery == Delivery::ExactlyOnceTxn,
-                };
-                Ok(Some(serde_json::to_vec(&st)?))
+                self.state_bytes()
             }
             Delivery::ExactlyOnceTxn => {
                 if !self.current.is_empty() {
@@ -556,14 +577,7 @@ impl<T: Data> Operator for KafkaSinkOperator<T> {
                     }
                     self.pending.push(epoch);
                 }
-                let st = SinkState {
-                    subtask: self.subtask,
-                    producer_id: self.producer_id.clone(),
-                    pending: self.pending.clone(),
-                    topic: self.sink.topic.clone(),
-                    transactional: self.sink.delivery == Delivery::ExactlyOnceTxn,
-                };
-                Ok(Some(serde_json::to_vec(&st)?))
+                self.state_bytes()
             }
         }
     }

@@ -381,19 +381,21 @@ impl<T: Data + Serialize> Operator for FileSinkOperator<T> {
 
     fn process(&mut self, r: Record<T>, ctx: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
         let bucket = self.bucket_of(&r.value);
-        let ext = self.sink.format.extension();
-        if !self.writers.contains_key(&bucket) {
-            let rel = if ctx.checkpointing() {
-                self.seq += 1;
-                Self::in_bucket(&bucket, format!(".part-{}-{}.{ext}.inprogress", self.subtask, self.seq))
-            } else {
-                Self::in_bucket(&bucket, format!("part-{:05}.{ext}", self.subtask))
-            };
-            let w = self.open_file(&rel)?;
-            self.writers.insert(bucket.clone(), (w, rel));
+        // The common case, a file already open for the bucket, costs one lookup.
+        if let Some((w, rel)) = self.writers.get_mut(&bucket) {
+            return w.write(r.value).with_context(|| format!("writing {}", self.sink.dir.join(rel.as_str()).display()));
         }
-        let Some((w, rel)) = self.writers.get_mut(&bucket) else { bail!("file sink without an open file") };
-        w.write(r.value).with_context(|| format!("writing {}", self.sink.dir.join(rel.as_str()).display()))
+        let ext = self.sink.format.extension();
+        let rel = if ctx.checkpointing() {
+            self.seq += 1;
+            Self::in_bucket(&bucket, format!(".part-{}-{}.{ext}.inprogress", self.subtask, self.seq))
+        } else {
+            Self::in_bucket(&bucket, format!("part-{:05}.{ext}", self.subtask))
+        };
+        let mut w = self.open_file(&rel)?;
+        w.write(r.value).with_context(|| format!("writing {}", self.sink.dir.join(&rel).display()))?;
+        self.writers.insert(bucket, (w, rel));
+        Ok(())
     }
 
     fn on_watermark(&mut self, _: i64, _: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
