@@ -471,11 +471,15 @@ impl<T: Data> Operator for KafkaSinkOperator<T> {
             !st.pending.is_empty() && (st.transactional != txn || !txn && self.sink.delivery == Delivery::AtLeastOnce)
         }) {
             let was = if st.transactional { "exactly-once-txn" } else { "exactly-once-publish" };
-            bail!(
+            let msg = format!(
                 "the restored snapshot holds output of completed checkpoints not yet written by --delivery {was} \
                  (sink subtask {}): restore with --delivery {was}, let it finish or take a savepoint, then change it",
                 st.subtask
             );
+            // Logged here as well: tearing down a Kafka consumer that is still starting can abort
+            // the process (a librdkafka assertion) before the job's error is printed.
+            tracing::error!("{msg}");
+            bail!(msg);
         }
         if self.sink.delivery == Delivery::AtLeastOnce {
             return Ok(());
