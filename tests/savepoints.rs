@@ -107,7 +107,7 @@ fn savepoints_restore_at_other_parallelisms_and_the_cli_shows_their_real_state()
     let taken = PathBuf::from(cli(&["savepoint", "trigger", "--job", &format!("http://{addr}")]).trim());
     assert!(taken.join("_metadata").exists(), "savepoint at {}", taken.display());
     let metrics = http_get(&addr, "/metrics");
-    assert!(metrics.contains("weir_records_out{operator=\"bids\"}"), "{metrics}");
+    assert!(metrics.contains("weir_records_out_total{operator=\"bids\",subtask=\"0\"}"), "{metrics}");
     let checkpoints = http_get(&addr, "/checkpoints");
     assert!(checkpoints.contains(&taken.display().to_string()), "{checkpoints}");
     std::thread::sleep(Duration::from_millis(500));

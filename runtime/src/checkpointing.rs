@@ -12,6 +12,8 @@ use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, LoadedSnap
 use weir_state::snapshot::original_file_name;
 use weir_state::{KeyGroupRange, KeyedStateBackend};
 
+use crate::metrics::TaskStats;
+
 /// What a task needs to take part in checkpoints.
 #[derive(Clone)]
 pub(crate) struct CheckpointEnv {
@@ -19,6 +21,8 @@ pub(crate) struct CheckpointEnv {
     /// Where local RocksDB checkpoints are made (same file system as the working state).
     pub local_root: PathBuf,
     pub node: usize,
+    /// The task's time accounting (alignment durations).
+    pub stats: Arc<TaskStats>,
 }
 
 /// The synchronous part of one subtask's snapshot, before it is stored.
@@ -27,6 +31,27 @@ pub(crate) struct LocalSnapshot {
     pub operator_state: Option<Vec<u8>>,
     pub watermark: i64,
     pub key_groups: Option<KeyGroupRange>,
+    pub timing: SnapshotTiming,
+}
+
+/// How long the task side of one subtask's snapshot took.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SnapshotTiming {
+    /// From the first barrier to the last one of the inputs.
+    pub alignment_ms: f64,
+    /// The synchronous part: operator state and the local RocksDB checkpoint.
+    pub sync_ms: f64,
+    pub acked_at: std::time::Instant,
+}
+
+impl SnapshotTiming {
+    pub(crate) fn since(started: std::time::Instant, alignment_ms: f64) -> Self {
+        SnapshotTiming {
+            alignment_ms,
+            sync_ms: started.elapsed().as_secs_f64() * 1e3,
+            acked_at: std::time::Instant::now(),
+        }
+    }
 }
 
 /// Sent by tasks to the coordinator.
@@ -151,7 +176,7 @@ pub(crate) enum IoJob {
 
 /// What the I/O thread reports.
 pub(crate) enum IoDone {
-    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64 },
+    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64, timing: SnapshotTiming, async_ms: f64 },
     Finalized { id: u64, savepoint: Option<PathBuf>, bytes: u64 },
     Failed { id: u64, error: String },
 }
@@ -173,6 +198,8 @@ pub(crate) fn io_thread(
     for job in jobs {
         let report = match job {
             IoJob::Upload { id, node, uid, subtask, snapshot } => {
+                let started = std::time::Instant::now();
+                let timing = snapshot.timing;
                 let files = known.entry((uid.clone(), subtask)).or_default();
                 let before: u64 = files.values().map(|f| f.size).sum();
                 let r = storage.upload_subtask(
@@ -190,6 +217,8 @@ pub(crate) fn io_thread(
                     Ok((keyed_files, operator_state)) => IoDone::Uploaded {
                         id,
                         node,
+                        timing,
+                        async_ms: started.elapsed().as_secs_f64() * 1e3,
                         new_bytes: after.saturating_sub(before)
                             + operator_state.as_ref().map_or(0, |f| f.size)
                             + keyed_files

@@ -19,7 +19,7 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, SubtaskSample};
 
 /// A request for a savepoint, answered with its path once complete.
 pub(crate) struct SavepointRequest {
@@ -27,14 +27,39 @@ pub(crate) struct SavepointRequest {
 }
 
 /// What `/checkpoints` reports about one checkpoint.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct CheckpointInfo {
     pub id: u64,
     pub status: &'static str,
+    /// Epoch ms at which the barriers were injected.
     pub trigger_time: i64,
+    /// End to end: from the trigger to the checkpoint's metadata being stored.
     pub duration_ms: u64,
+    /// Bytes the checkpoint refers to (shared files included).
+    pub size_bytes: u64,
+    /// Bytes this checkpoint stored anew.
+    pub incremental_bytes: u64,
+    /// The slowest subtask's barrier alignment, synchronous and asynchronous parts.
+    pub alignment_ms: f64,
+    pub sync_ms: f64,
+    pub async_ms: f64,
     pub savepoint: Option<String>,
     pub error: Option<String>,
+    pub subtasks: Vec<SubtaskCheckpointInfo>,
+}
+
+/// One subtask's part of a checkpoint.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct SubtaskCheckpointInfo {
+    pub operator: String,
+    pub subtask: usize,
+    /// From the trigger to the subtask's acknowledgement (its barrier arrived and it snapshotted).
+    pub ack_ms: f64,
+    pub alignment_ms: f64,
+    pub sync_ms: f64,
+    pub async_ms: f64,
+    pub size_bytes: u64,
+    pub incremental_bytes: u64,
 }
 
 /// What `/job` reports.
@@ -58,6 +83,7 @@ pub(crate) struct ControlState {
     pub job: Arc<JobInfo>,
     pub checkpoints: Arc<Mutex<Vec<CheckpointInfo>>>,
     pub savepoints: Sender<SavepointRequest>,
+    pub started: std::time::Instant,
 }
 
 impl ControlState {
@@ -69,32 +95,130 @@ impl ControlState {
     }
 }
 
-fn prometheus(metrics: &JobMetrics) -> String {
+/// A Prometheus label value: backslashes, quotes and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// A metric name from an operator's counter name.
+fn metric_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+fn prometheus(s: &ControlState) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, value) in metrics.counters() {
-        let (uid, metric) = name.rsplit_once('.').unwrap_or(("job", name.as_str()));
-        let metric: String = metric.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        if seen.insert(metric.clone()) {
-            out.push_str(&format!("# TYPE weir_{metric} counter\n"));
-        }
-        out.push_str(&format!("weir_{metric}{{operator=\"{uid}\"}} {value}\n"));
+    // Counters per operator subtask, grouped by name as the format requires.
+    let mut by_name: std::collections::BTreeMap<String, Vec<(String, usize, u64)>> = Default::default();
+    for ((uid, subtask, name), v) in s.metrics.subtask_counters() {
+        by_name.entry(metric_name(&name)).or_default().push((uid, subtask, v));
     }
-    if let Some(wm) = metrics.min_watermark() {
-        out.push_str(&format!("# TYPE weir_watermark gauge\nweir_watermark {wm}\n"));
+    for (name, rows) in by_name {
+        let _ = writeln!(out, "# TYPE weir_{name}_total counter");
+        for (uid, subtask, v) in rows {
+            let _ = writeln!(out, "weir_{name}_total{{operator=\"{}\",subtask=\"{subtask}\"}} {v}", label(&uid));
+        }
+    }
+    let sample = s.metrics.latest();
+    type Gauge = (&'static str, &'static str, fn(&SubtaskSample) -> Option<f64>);
+    let gauges: [Gauge; 7] = [
+        ("records_in_per_second", "Records received per second.", |t| Some(t.records_in_per_sec)),
+        ("records_out_per_second", "Records emitted per second.", |t| Some(t.records_out_per_sec)),
+        ("busy_time_ms_per_second", "Milliseconds of each second the task worked.", |t| Some(t.busy_ms_per_sec)),
+        (
+            "backpressured_time_ms_per_second",
+            "Milliseconds of each second the task was blocked on full output channels.",
+            |t| Some(t.backpressured_ms_per_sec),
+        ),
+        ("idle_time_ms_per_second", "Milliseconds of each second the task waited for input.", |t| {
+            Some(t.idle_ms_per_sec)
+        }),
+        ("input_queue_fill", "How full the task's input channels are (0 to 1).", |t| Some(t.input_fill)),
+        ("watermark_ms", "Event-time watermark (epoch ms).", |t| t.watermark.map(|w| w as f64)),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP weir_{name} {help}\n# TYPE weir_{name} gauge");
+        for t in &sample.subtasks {
+            if let Some(v) = get(t) {
+                let _ = writeln!(
+                    out,
+                    "weir_{name}{{operator=\"{}\",subtask=\"{}\",task=\"{}\"}} {v}",
+                    label(&t.uid),
+                    t.subtask,
+                    label(&t.task)
+                );
+            }
+        }
+    }
+    if let Some(wm) = s.metrics.min_watermark() {
+        let _ = writeln!(out, "# HELP weir_job_watermark_ms The lowest watermark of the job.\n# TYPE weir_job_watermark_ms gauge\nweir_job_watermark_ms {wm}");
+    }
+    let checkpoints = s.checkpoints.lock();
+    let _ = writeln!(out, "# TYPE weir_checkpoints_total counter");
+    for status in ["completed", "failed", "timed out"] {
+        let n = checkpoints.iter().filter(|c| c.status == status).count();
+        let _ = writeln!(out, "weir_checkpoints_total{{status=\"{status}\"}} {n}");
+    }
+    if let Some(c) = checkpoints.iter().rev().find(|c| c.status == "completed") {
+        let last: [(&str, f64); 6] = [
+            ("id", c.id as f64),
+            ("duration_ms", c.duration_ms as f64),
+            ("size_bytes", c.size_bytes as f64),
+            ("incremental_bytes", c.incremental_bytes as f64),
+            ("alignment_ms", c.alignment_ms),
+            ("sync_ms", c.sync_ms),
+        ];
+        for (name, v) in last {
+            let _ = writeln!(out, "# TYPE weir_last_checkpoint_{name} gauge\nweir_last_checkpoint_{name} {v}");
+        }
     }
     out
 }
 
 async fn metrics(State(s): State<ControlState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], prometheus(&s.metrics)).into_response()
+    ([("content-type", "text/plain; version=0.0.4")], prometheus(&s)).into_response()
 }
 
+/// `/job`: the graph, and per operator its subtasks' counts, rates, watermarks and time split.
 async fn job(State(s): State<ControlState>) -> Json<serde_json::Value> {
+    let sample = s.metrics.latest();
+    let operators: Vec<serde_json::Value> = s
+        .job
+        .operators
+        .iter()
+        .map(|op| {
+            let subs: Vec<&SubtaskSample> = sample.subtasks.iter().filter(|t| t.uid == op.uid).collect();
+            let sum = |f: fn(&SubtaskSample) -> f64| subs.iter().map(|t| f(t)).sum::<f64>();
+            let max = |f: fn(&SubtaskSample) -> f64| subs.iter().map(|t| f(t)).fold(0.0, f64::max);
+            let watermark = if subs.iter().all(|t| t.watermark.is_some()) {
+                subs.iter().filter_map(|t| t.watermark).min()
+            } else {
+                None
+            };
+            serde_json::json!({
+                "uid": op.uid,
+                "name": op.name,
+                "parallelism": op.parallelism,
+                "task": subs.first().map(|t| t.task.clone()),
+                "records_in": subs.iter().map(|t| t.records_in).sum::<u64>(),
+                "records_out": subs.iter().map(|t| t.records_out).sum::<u64>(),
+                "records_in_per_sec": sum(|t| t.records_in_per_sec),
+                "records_out_per_sec": sum(|t| t.records_out_per_sec),
+                "watermark": watermark,
+                "busy_ms_per_sec": max(|t| t.busy_ms_per_sec),
+                "backpressured_ms_per_sec": max(|t| t.backpressured_ms_per_sec),
+                "idle_ms_per_sec": max(|t| t.idle_ms_per_sec),
+                "input_fill": max(|t| t.input_fill),
+                "subtasks": subs,
+            })
+        })
+        .collect();
     Json(serde_json::json!({
-        "job": &*s.job,
-        "counters": s.metrics.counters(),
+        "name": s.job.name,
+        "uptime_ms": s.started.elapsed().as_millis() as u64,
         "watermark": s.metrics.min_watermark(),
+        "operators": operators,
+        "counters": s.metrics.counters(),
     }))
 }
 

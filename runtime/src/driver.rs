@@ -431,6 +431,7 @@ impl<D: DriverOp> Downstream for OperatorDriver<D> {
     }
     fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
         let id = barrier.id;
+        let started = std::time::Instant::now();
         let mut state = None;
         self.call("snapshot_state", |op, env, _| {
             state = op.snapshot(id, env)?;
@@ -446,7 +447,8 @@ impl<D: DriverOp> Downstream for OperatorDriver<D> {
             crate::fault::crash_point("mid-snapshot", id);
             self.forward_all(|d| d.barrier(barrier))?;
             let watermark = self.env.ctx.watermark;
-            cp.ack(id, info.subtask, LocalSnapshot { local_db, operator_state: state, watermark, key_groups });
+            let timing = crate::checkpointing::SnapshotTiming::since(started, cp.stats.alignment_ms(id));
+            cp.ack(id, info.subtask, LocalSnapshot { local_db, operator_state: state, watermark, key_groups, timing });
             Ok(())
         } else {
             self.forward_all(|d| d.barrier(barrier))

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,11 @@ use crate::args::JobArgs;
 use crate::checkpointing::{
     check_restore, initial_restore, io_thread, CheckpointEnv, IoDone, IoJob, Restore, SharedRestore, TaskEvent,
 };
-use crate::control::{CheckpointInfo, ControlState, JobInfo, OperatorInfo, SavepointRequest};
+use crate::control::{CheckpointInfo, ControlState, JobInfo, OperatorInfo, SavepointRequest, SubtaskCheckpointInfo};
 use crate::element::CheckpointBarrier;
 use crate::error::{is_cancelled, panic_message};
 use crate::graph::{BuildContext, Graph, NodeKind, Partition};
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, SamplerState};
 use crate::operator::TaskInfo;
 use crate::output::{SendEnv, TaskHead};
 use crate::source::RunnableSource;
@@ -206,12 +206,13 @@ impl TaskBuilder<'_> {
             events: events.clone(),
             local_root: self.state_root.join(".snapshots"),
             node,
+            stats: self.send_env.stats.clone(),
         });
         let ctx = BuildContext {
             info,
             checkpoint,
             restore: self.restore.clone(),
-            metrics: self.metrics.group(uid),
+            metrics: self.metrics.group(uid, self.subtask),
             state_dir: self.state_root.join(format!("{uid}-{}", self.subtask)),
             main: main.ok_or_else(|| anyhow!("internal error: node without main port"))?,
             sides,
@@ -228,29 +229,50 @@ struct TaskExit {
     result: Result<()>,
 }
 
-fn progress_reporter(metrics: JobMetrics, source_uids: Vec<String>, interval: Duration, stop: Arc<AtomicBool>) {
+/// Samples the job's metrics every second (the rates `/job` and `/metrics` serve) and logs a
+/// progress line every `interval` (zero: never).
+fn sampler(control: ControlState, source_uids: Vec<String>, interval: Duration, stop: Arc<AtomicBool>) {
+    let metrics = &control.metrics;
+    let mut state = SamplerState::default();
+    metrics.sample(&mut state);
     let mut last = 0u64;
-    let mut last_t = Instant::now();
+    let mut last_log = Instant::now();
+    let step = Duration::from_millis(50);
     while !stop.load(Ordering::Relaxed) {
-        let step = Duration::from_millis(100);
         let mut waited = Duration::ZERO;
-        while waited < interval && !stop.load(Ordering::Relaxed) {
+        while waited < Duration::from_secs(1) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(step);
             waited += step;
         }
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        metrics.sample(&mut state);
+        if interval.is_zero() || last_log.elapsed() < interval {
+            continue;
+        }
         let counters = metrics.counters();
         let total: u64 =
             source_uids.iter().map(|u| counters.get(&format!("{u}.records_out")).copied().unwrap_or(0)).sum();
-        let rate = (total - last) as f64 / last_t.elapsed().as_secs_f64();
+        let rate = total.saturating_sub(last) as f64 / last_log.elapsed().as_secs_f64();
         last = total;
-        last_t = Instant::now();
-        match metrics.min_watermark() {
-            Some(wm) => tracing::info!(records = total, records_per_sec = rate as u64, watermark = wm, "progress"),
-            None => tracing::info!(records = total, records_per_sec = rate as u64, "progress"),
-        }
+        last_log = Instant::now();
+        let wm = metrics.min_watermark().map(crate::time::format_millis);
+        let (chk, chk_ms) = control
+            .checkpoints
+            .lock()
+            .iter()
+            .rev()
+            .find(|c| c.status == "completed")
+            .map_or((None, None), |c| (Some(c.id), Some(c.duration_ms)));
+        tracing::info!(
+            records = total,
+            records_per_sec = rate as u64,
+            watermark = wm.as_deref().unwrap_or("-"),
+            last_checkpoint = chk,
+            checkpoint_ms = chk_ms,
+            "progress"
+        );
     }
 }
 
@@ -311,6 +333,7 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         }),
         checkpoints: Default::default(),
         savepoints: savepoint_tx,
+        started: Instant::now(),
     };
     let addr = crate::control::start(&args.metrics_addr, control.clone())?;
     tracing::info!("control endpoint on http://{addr}");
@@ -367,6 +390,7 @@ struct Pending {
     new_bytes: u64,
     savepoint: bool,
     replies: Vec<Sender<Result<PathBuf, String>>>,
+    subtasks: Vec<SubtaskCheckpointInfo>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -409,7 +433,6 @@ fn run_attempt(
     let mut controls: Vec<Sender<Control>> = Vec::new();
     let mut source_controls: Vec<Sender<Control>> = Vec::new();
     let mut handles = Vec::new();
-    let task_env = TaskEnv { batch_size: args.batch_size as usize, buffer_timeout: args.buffer_timeout, checkpointing };
     let heads: Vec<usize> = (0..plan.graph.nodes.len()).filter(|&i| plan.head_of[i] == i).collect();
     for &head in &heads {
         let is_source = matches!(plan.graph.nodes[head].kind, NodeKind::Source(_));
@@ -421,15 +444,24 @@ fn run_attempt(
             }
             controls.push(ctl_tx);
             let label = format!("{} {}/{}", plan.graph.nodes[head].name, subtask + 1, plan.parallelism[head]);
-            let (plan, metrics, exit_tx, task_env) = (plan.clone(), metrics.clone(), exit_tx.clone(), task_env.clone());
+            let chain: Vec<String> = (0..plan.graph.nodes.len())
+                .filter(|&n| plan.head_of[n] == head)
+                .map(|n| plan.uids[n].clone())
+                .collect();
+            let stats = metrics.task(&plan.uids[head], subtask, &chain);
+            stats.capacity.store((w.receivers.len() * args.channel_capacity as usize) as u64, Ordering::Relaxed);
+            let task_env = TaskEnv {
+                batch_size: args.batch_size as usize,
+                buffer_timeout: args.buffer_timeout,
+                checkpointing,
+                stats: stats.clone(),
+            };
+            let (plan, metrics, exit_tx) = (plan.clone(), metrics.clone(), exit_tx.clone());
             let (state_root, job_name) = (state_root.to_path_buf(), job_name.to_string());
             let events = checkpointing.then(|| events_tx.clone());
             let restore = restore.clone();
-            let send_env = SendEnv {
-                cancel: cancel.clone(),
-                batch_size: args.batch_size as usize,
-                backpressure_ns: Arc::new(AtomicU64::new(0)),
-            };
+            let send_env =
+                SendEnv { cancel: cancel.clone(), batch_size: args.batch_size as usize, stats: stats.clone() };
             let thread_name: String = format!("weir-{}-{subtask}", plan.uids[head]).chars().take(15).collect();
             let l = label.clone();
             let handle = std::thread::Builder::new().name(thread_name).spawn(move || {
@@ -463,6 +495,7 @@ fn run_attempt(
                     Ok(r) => r,
                     Err(p) => Err(anyhow!("task {l} panicked: {}", panic_message(&*p))),
                 };
+                stats.finished.store(true, Ordering::Relaxed);
                 let _ = exit_tx.send(TaskExit { label: l, result });
             })?;
             handles.push(handle);
@@ -475,11 +508,9 @@ fn run_attempt(
         .map(|i| plan.uids[i].clone())
         .collect();
     let stop_reporter = Arc::new(AtomicBool::new(false));
-    let reporter = if !args.progress_interval.is_zero() {
-        let (m, s, stop, iv) = (metrics.clone(), source_uids, stop_reporter.clone(), args.progress_interval);
-        Some(std::thread::spawn(move || progress_reporter(m, s, iv, stop)))
-    } else {
-        None
+    let reporter = {
+        let (c, s, stop, iv) = (control.clone(), source_uids, stop_reporter.clone(), args.progress_interval);
+        Some(std::thread::Builder::new().name("weir-sampler".into()).spawn(move || sampler(c, s, iv, stop))?)
     };
 
     // The checkpoint coordinator: triggers checkpoints, collects acknowledgements, hands the
@@ -564,6 +595,7 @@ fn run_attempt(
                     new_bytes: 0,
                     savepoint,
                     replies,
+                    subtasks: Vec::new(),
                 });
                 tracing::debug!(checkpoint = barrier.id, terminal, "checkpoint triggered");
             }
@@ -612,8 +644,18 @@ fn run_attempt(
                 Err(_) => events_rx = crossbeam_channel::never(),
             },
             recv(done_rx) -> d => match d {
-                Ok(IoDone::Uploaded { id, node, snapshot, new_bytes }) => {
+                Ok(IoDone::Uploaded { id, node, snapshot, new_bytes, timing, async_ms }) => {
                     if let Some(p) = pending.as_mut().filter(|p| p.barrier.id == id) {
+                        p.subtasks.push(SubtaskCheckpointInfo {
+                            operator: plan.uids[node].clone(),
+                            subtask: snapshot.subtask,
+                            ack_ms: timing.acked_at.saturating_duration_since(p.started).as_secs_f64() * 1e3,
+                            alignment_ms: timing.alignment_ms,
+                            sync_ms: timing.sync_ms,
+                            async_ms,
+                            size_bytes: snapshot.keyed_files.iter().chain(&snapshot.operator_state).map(|f| f.size).sum(),
+                            incremental_bytes: new_bytes,
+                        });
                         p.snapshots.entry(node).or_default().push(snapshot);
                         p.new_bytes += new_bytes;
                         p.received += 1;
@@ -646,13 +688,22 @@ fn run_attempt(
                     if let Some(p) = pending.take() {
                         terminal_done |= p.barrier.terminal;
                         let ms = p.started.elapsed().as_millis() as u64;
+                        let mut subtasks = p.subtasks;
+                        subtasks.sort_by(|a, b| (&a.operator, a.subtask).cmp(&(&b.operator, b.subtask)));
+                        let slowest = |f: fn(&SubtaskCheckpointInfo) -> f64| subtasks.iter().map(f).fold(0.0, f64::max);
                         control.record(CheckpointInfo {
                             id,
                             status: "completed",
                             trigger_time: p.barrier.timestamp,
                             duration_ms: ms,
+                            size_bytes: bytes,
+                            incremental_bytes: p.new_bytes,
+                            alignment_ms: slowest(|s| s.alignment_ms),
+                            sync_ms: slowest(|s| s.sync_ms),
+                            async_ms: slowest(|s| s.async_ms),
                             savepoint: savepoint.as_ref().map(|p| p.display().to_string()),
                             error: None,
+                            subtasks,
                         });
                         let new_bytes = p.new_bytes;
                         match &savepoint {
@@ -680,8 +731,8 @@ fn run_attempt(
                                 status: "failed",
                                 trigger_time: p.barrier.timestamp,
                                 duration_ms: p.started.elapsed().as_millis() as u64,
-                                savepoint: None,
                                 error: Some(error.clone()),
+                                ..Default::default()
                             });
                         }
                         for r in p.into_iter().flat_map(|p| p.replies) {
@@ -702,8 +753,7 @@ fn run_attempt(
                     status: "timed out",
                     trigger_time: p.barrier.timestamp,
                     duration_ms: p.started.elapsed().as_millis() as u64,
-                    savepoint: None,
-                    error: None,
+                    ..Default::default()
                 });
                 for r in pending.take().into_iter().flat_map(|p| p.replies) {
                     let _ = r.send(Err("the savepoint timed out".into()));

@@ -2,7 +2,7 @@
 //! through bounded channels (with a partitioner), to several of those at once, or nowhere.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use crossbeam_channel::{SendTimeoutError, Sender};
 
 use crate::element::{CheckpointBarrier, Data, Record, StreamElement};
 use crate::error::Cancelled;
+use crate::metrics::TaskStats;
 
 /// Control events that travel down a chain and out of a task, in order with the records.
 pub(crate) trait Downstream {
@@ -58,8 +59,8 @@ pub(crate) fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 pub(crate) struct SendEnv {
     pub cancel: Arc<AtomicBool>,
     pub batch_size: usize,
-    /// Nanoseconds this task spent blocked on full channels.
-    pub backpressure_ns: Arc<AtomicU64>,
+    /// Where the task accounts the time it spends blocked on full channels.
+    pub stats: Arc<TaskStats>,
 }
 
 /// Blocking send that gives up when the job is cancelled, so a full channel never hangs teardown.
@@ -82,7 +83,7 @@ fn send<T>(tx: &Sender<StreamElement<T>>, el: StreamElement<T>, env: &SendEnv) -
             Err(SendTimeoutError::Disconnected(_)) => return Err(Cancelled.into()),
         }
     }
-    env.backpressure_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    env.stats.backpressure_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     Ok(())
 }
 

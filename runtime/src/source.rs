@@ -182,7 +182,10 @@ impl<T: Data> RunnableSource for SourceTask<T> {
             let msg = if let Some(m) = pending.take() {
                 Some(m)
             } else if ended || stopping {
-                match control.recv_timeout(task.buffer_timeout) {
+                let waiting = Instant::now();
+                let m = control.recv_timeout(task.buffer_timeout);
+                task.stats.add_idle(waiting);
+                match m {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),
@@ -197,6 +200,7 @@ impl<T: Data> RunnableSource for SourceTask<T> {
             match msg {
                 Some(Control::Cancel) => return Err(Cancelled.into()),
                 Some(Control::Trigger(barrier)) => {
+                    let started = Instant::now();
                     let cp = env
                         .checkpoint
                         .as_ref()
@@ -212,6 +216,7 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                         operator_state: Some(serde_json::to_vec(&state)?),
                         watermark: last_wm,
                         key_groups: None,
+                        timing: crate::checkpointing::SnapshotTiming::since(started, 0.0),
                     };
                     main.barrier(barrier)?;
                     for s in &mut side_outs {
@@ -322,7 +327,10 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                     wait = wait.min(Duration::from_millis(t.saturating_sub(now_ms).max(0) as u64));
                 }
                 // Wake up early for a control message; it is handled at the top of the loop.
-                match control.recv_timeout(wait) {
+                let waiting = Instant::now();
+                let m = control.recv_timeout(wait);
+                task.stats.add_idle(waiting);
+                match m {
                     Ok(m) => pending = Some(m),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),

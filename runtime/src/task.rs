@@ -1,6 +1,8 @@
 //! The loop of a task with inputs: waits on its input channels, tracks the watermark of each,
 //! and drives the operator chain.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -8,6 +10,7 @@ use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::element::{CheckpointBarrier, Data, StreamElement, MAX_WATERMARK};
 use crate::error::Cancelled;
+use crate::metrics::TaskStats;
 use crate::output::TaskHead;
 
 /// Messages from the executor to a task.
@@ -21,12 +24,13 @@ pub(crate) enum Control {
     Complete(u64),
 }
 
-/// Settings every task needs.
-#[derive(Clone, Debug)]
+/// Settings every task needs, and where it accounts its time.
+#[derive(Clone)]
 pub(crate) struct TaskEnv {
     pub batch_size: usize,
     pub buffer_timeout: Duration,
     pub checkpointing: bool,
+    pub stats: Arc<TaskStats>,
 }
 
 pub(crate) enum Event {
@@ -44,6 +48,8 @@ pub(crate) trait InputChannel {
     fn register<'a>(&'a self, sel: &mut Select<'a>) -> usize;
     /// Takes one element if there is one; batches go straight to `head`.
     fn poll(&self, head: &mut dyn TaskHead) -> Result<Event>;
+    /// Batches waiting in the channel.
+    fn queued(&self) -> usize;
 }
 
 pub(crate) struct ChannelIn<T> {
@@ -69,6 +75,10 @@ impl<T: Data> InputChannel for ChannelIn<T> {
             Err(TryRecvError::Empty) => Ok(Event::Empty),
             Err(TryRecvError::Disconnected) => Ok(Event::Disconnected),
         }
+    }
+
+    fn queued(&self) -> usize {
+        self.rx.len()
     }
 }
 
@@ -142,7 +152,15 @@ pub(crate) fn run_input_task(
     let mut end_handled = false;
     let mut terminal: Option<u64> = None;
     let mut last_flush = Instant::now();
+    let mut last_look = Instant::now();
+    let mut align_started = Instant::now();
+    let stats = &env.stats;
     loop {
+        if last_look.elapsed() >= Duration::from_millis(100) {
+            // A look at the input queues now and then: cheap enough, and what a fill gauge needs.
+            stats.queued.store(inputs.iter().map(|c| c.queued() as u64).sum(), Ordering::Relaxed);
+            last_look = Instant::now();
+        }
         let now_ms = crate::time::now_millis();
         let wakeup = head.next_wakeup();
         if wakeup.is_some_and(|t| t <= now_ms) {
@@ -170,10 +188,13 @@ pub(crate) fn run_input_task(
             }
             sel.recv(control);
             which.push(None);
-            match sel.ready_timeout(timeout) {
+            let waiting = Instant::now();
+            let r = match sel.ready_timeout(timeout) {
                 Ok(idx) => Some(which[idx]),
                 Err(_) => None,
-            }
+            };
+            stats.add_idle(waiting);
+            r
         };
         let i = match ready {
             None => continue,
@@ -220,9 +241,14 @@ pub(crate) fn run_input_task(
                     if pending_barrier.is_some_and(|p| p.id != b.id) {
                         bail!("internal error: barrier {} arrived while aligning another", b.id);
                     }
+                    if pending_barrier.is_none() {
+                        align_started = Instant::now();
+                    }
                     pending_barrier = Some(b);
                     blocked[i] = true;
                     if (0..n).all(|j| blocked[j] || disconnected[j]) {
+                        stats.alignment_ns.store(align_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        stats.alignment_id.store(b.id, Ordering::Relaxed);
                         head.barrier(b)?;
                         if b.terminal {
                             terminal = Some(b.id);

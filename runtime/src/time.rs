@@ -192,6 +192,16 @@ impl SplitWatermarks {
     }
 }
 
+/// An epoch-millisecond time as RFC 3339 (UTC), for logs and terminal views.
+pub(crate) fn format_millis(ms: i64) -> String {
+    // Beyond year 9999 (the end-of-input watermark) RFC 3339 has no form.
+    if !(0..253_402_300_800_000).contains(&ms) {
+        return if ms > 0 { "end".to_string() } else { ms.to_string() };
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
 //! The `weir` command-line tool: list checkpoints, inspect and dump savepoints, trigger
-//! savepoints of a running job.
+//! savepoints of a running job, watch a running job (`weir top`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use weir_checkpoint::{inspect, load, read_metadata, CheckpointStorage, METADATA_FILE_NAME};
+
+mod top;
 
 /// Tools for weir checkpoints and savepoints.
 #[derive(Parser, Debug)]
@@ -26,6 +28,19 @@ enum Command {
     Savepoint {
         #[command(subcommand)]
         command: SavepointCommand,
+    },
+    /// A live view of a running job: operators with their rates, busy/backpressured/idle time,
+    /// input queue fill and watermark, and the last checkpoints; refreshed every interval.
+    Top {
+        /// The job's control address (`--metrics-addr`), e.g. http://127.0.0.1:9249.
+        #[arg(long)]
+        job: String,
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Print one frame and exit (scripts, tests).
+        #[arg(long)]
+        once: bool,
     },
     /// Kafka state of a job.
     Kafka {
@@ -221,6 +236,7 @@ fn main() -> Result<()> {
             transactions(&brokers, &checkpoint, abort.as_deref())
         }
         Command::Checkpoints { command: CheckpointsCommand::List { dir } } => list(&dir),
+        Command::Top { job, interval, once } => top::run(&job, interval, once),
         Command::Savepoint { command: SavepointCommand::Inspect { path, json } } => {
             let snap = load(&path)?;
             let report = inspect::inspect(&snap)?;
