@@ -127,6 +127,34 @@ pub struct JobArgs {
     /// Seconds between progress lines in the log (records/s, watermark); 0 turns them off.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub progress_interval: Duration,
+
+    /// Memory for keyed state (RocksDB block cache, memtables, write caches) and the records in
+    /// flight, like 512MiB or 2GiB; state beyond it spills to disk.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes, value_name = "BYTES")]
+    pub memory_budget: u64,
+}
+
+/// Parses a byte size: a number with an optional unit (B, KiB, MiB, GiB, KB, MB, GB).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512MiB or 2GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' in '{s}' (use B, KiB, MiB or GiB)")),
+    };
+    let bytes = (n * mult as f64) as u64;
+    if bytes < 16 << 20 {
+        return Err(format!("'{s}' is below the smallest budget, 16MiB"));
+    }
+    Ok(bytes)
 }
 
 impl JobArgs {
@@ -158,6 +186,7 @@ impl Default for JobArgs {
             savepoint_dir: None,
             restart_attempts: 3,
             restart_delay: Duration::from_millis(500),
+            memory_budget: 1 << 30,
         }
     }
 }

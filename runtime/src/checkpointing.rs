@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use weir_checkpoint::inspect::materialize;
 use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, LoadedSnapshot, SnapshotKind, SubtaskSnapshot};
 use weir_state::snapshot::original_file_name;
-use weir_state::{KeyGroupRange, KeyedStateBackend};
+use weir_state::{KeyGroupRange, KeyedStateBackend, StateMemory};
 
 use crate::metrics::TaskStats;
 
@@ -117,6 +117,7 @@ impl Restore {
         dir: &Path,
         range: KeyGroupRange,
         max_parallelism: usize,
+        memory: &StateMemory,
     ) -> Result<Option<KeyedStateBackend>> {
         let Some(op) = self.snapshot.meta.operator(uid) else { return Ok(None) };
         if dir.exists() {
@@ -124,9 +125,9 @@ impl Restore {
         }
         if let Some(sub) = op.subtasks.iter().find(|s| s.key_groups == Some(range) && !s.keyed_files.is_empty()) {
             materialize(&self.snapshot, sub, dir)?;
-            return Ok(Some(KeyedStateBackend::open(dir, range, max_parallelism)?));
+            return Ok(Some(KeyedStateBackend::open_with(dir, range, max_parallelism, memory)?));
         }
-        let mut backend = KeyedStateBackend::open(dir, range, max_parallelism)?;
+        let mut backend = KeyedStateBackend::open_with(dir, range, max_parallelism, memory)?;
         let scratch = dir.with_extension("import");
         for sub in &op.subtasks {
             let Some(old) = sub.key_groups else { continue };

@@ -161,6 +161,7 @@ struct TaskBuilder<'a> {
     state_root: &'a std::path::Path,
     metrics: &'a JobMetrics,
     send_env: SendEnv,
+    state_memory: &'a weir_state::StateMemory,
 }
 
 impl TaskBuilder<'_> {
@@ -214,6 +215,7 @@ impl TaskBuilder<'_> {
             restore: self.restore.clone(),
             metrics: self.metrics.group(uid, self.subtask),
             state_dir: self.state_root.join(format!("{uid}-{}", self.subtask)),
+            state_memory: self.state_memory.clone(),
             main: main.ok_or_else(|| anyhow!("internal error: node without main port"))?,
             sides,
         };
@@ -427,6 +429,8 @@ fn run_attempt(
     }
 
     let checkpointing = storage.is_some();
+    let total_subtasks: usize = plan.parallelism.iter().sum();
+    let state_memory = weir_state::StateMemory::new(args.memory_budget as usize, total_subtasks);
     let (events_tx, mut events_rx) = unbounded::<TaskEvent>();
     let cancel = Arc::new(AtomicBool::new(false));
     let (exit_tx, exit_rx) = unbounded::<TaskExit>();
@@ -457,6 +461,7 @@ fn run_attempt(
                 stats: stats.clone(),
             };
             let (plan, metrics, exit_tx) = (plan.clone(), metrics.clone(), exit_tx.clone());
+            let state_memory = state_memory.clone();
             let (state_root, job_name) = (state_root.to_path_buf(), job_name.to_string());
             let events = checkpointing.then(|| events_tx.clone());
             let restore = restore.clone();
@@ -475,6 +480,7 @@ fn run_attempt(
                         state_root: &state_root,
                         metrics: &metrics,
                         send_env,
+                        state_memory: &state_memory,
                     };
                     match builder.build(head, &mut w)? {
                         Built::Source(src) => src.run(&ctl_rx, &task_env),
@@ -533,7 +539,6 @@ fn run_attempt(
         Some(s) => s.max_id()?.max(restore.as_ref().map_or(0, |r| r.snapshot.meta.checkpoint_id)) + 1,
         None => 0,
     };
-    let total_subtasks: usize = plan.parallelism.iter().sum();
     let source_subtasks: usize = (0..plan.graph.nodes.len())
         .filter(|&i| matches!(plan.graph.nodes[i].kind, NodeKind::Source(_)))
         .map(|i| plan.parallelism[i])

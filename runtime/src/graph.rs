@@ -147,6 +147,7 @@ pub(crate) struct BuildContext {
     pub restore: SharedRestore,
     pub metrics: MetricGroup,
     pub state_dir: PathBuf,
+    pub state_memory: weir_state::StateMemory,
     pub main: Box<dyn Any>,
     pub sides: Vec<SidePort>,
 }
@@ -157,7 +158,9 @@ impl BuildContext {
         let backend = if keyed {
             let range = weir_state::KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.subtask);
             let restored = match &self.restore {
-                Some(r) => r.restore_backend(&info.uid, &self.state_dir, range, info.max_parallelism)?,
+                Some(r) => {
+                    r.restore_backend(&info.uid, &self.state_dir, range, info.max_parallelism, &self.state_memory)?
+                }
                 None => None,
             };
             match restored {
@@ -166,7 +169,12 @@ impl BuildContext {
                     if self.state_dir.exists() {
                         std::fs::remove_dir_all(&self.state_dir)?;
                     }
-                    Some(weir_state::KeyedStateBackend::open(&self.state_dir, range, info.max_parallelism)?)
+                    Some(weir_state::KeyedStateBackend::open_with(
+                        &self.state_dir,
+                        range,
+                        info.max_parallelism,
+                        &self.state_memory,
+                    )?)
                 }
             }
         } else {

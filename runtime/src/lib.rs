@@ -26,7 +26,7 @@ mod source;
 mod task;
 mod time;
 
-pub use args::{parse_duration, JobArgs};
+pub use args::{parse_bytes, parse_duration, JobArgs};
 pub use element::{CheckpointBarrier, Data, Record, StreamElement, MAX_WATERMARK};
 pub use error::Cancelled;
 pub use exec::JobResult;

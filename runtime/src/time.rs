@@ -14,7 +14,7 @@ pub(crate) type TimestampFn<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
 /// How a source assigns event timestamps and generates watermarks (Flink's `WatermarkStrategy`).
 ///
 /// Watermarks are generated per source split (file range, Kafka partition): a split's watermark is
-/// the highest timestamp it has produced minus the allowed out-of-orderness, and a source subtask
+/// the highest timestamp it has produced minus the allowed out-of-orderness minus 1 ms, and a source subtask
 /// emits the minimum over its active splits after every batch it reads. A split that produced
 /// nothing for the idleness timeout stops holding the watermark back until it produces again.
 ///
@@ -53,7 +53,8 @@ impl<T> WatermarkStrategy<T> {
         WatermarkStrategy { assigner: None, out_of_orderness_ms: 0, idleness: None, generates: false }
     }
 
-    /// Watermark = highest timestamp seen − `max_out_of_orderness`.
+    /// Watermark = highest timestamp seen − `max_out_of_orderness` − 1 ms (records at the highest
+    /// timestamp seen are not late).
     pub fn for_bounded_out_of_orderness(max_out_of_orderness: Duration) -> Self {
         WatermarkStrategy {
             assigner: None,
@@ -63,7 +64,7 @@ impl<T> WatermarkStrategy<T> {
         }
     }
 
-    /// Timestamps only increase: watermark = highest timestamp seen.
+    /// Timestamps never decrease: watermark = highest timestamp seen − 1 ms.
     pub fn for_monotonous_timestamps() -> Self {
         Self::for_bounded_out_of_orderness(Duration::ZERO)
     }
@@ -181,7 +182,10 @@ impl SplitWatermarks {
                 any_idle = true;
                 continue;
             }
-            let wm = if s.max_ts == i64::MIN { i64::MIN } else { s.max_ts.saturating_sub(self.out_of_orderness_ms) };
+            // Minus one more, as in Flink: a watermark W promises no more records at or before W,
+            // and another record with the highest timestamp seen may still come.
+            let wm =
+                if s.max_ts == i64::MIN { i64::MIN } else { s.max_ts.saturating_sub(self.out_of_orderness_ms + 1) };
             min = Some(min.map_or(wm, |m: i64| m.min(wm)));
         }
         match (min, any_idle) {
@@ -213,13 +217,13 @@ mod tests {
         assert_eq!(w.status(t0), None);
         w.observe(1, Some(100), t0);
         w.observe(2, Some(50), t0);
-        assert_eq!(w.status(t0), Some(SplitStatus::Watermark(40)));
+        assert_eq!(w.status(t0), Some(SplitStatus::Watermark(39)));
         let later = t0 + Duration::from_secs(2);
         w.observe(1, Some(120), later);
-        assert_eq!(w.status(later), Some(SplitStatus::Watermark(110)), "split 2 idle");
+        assert_eq!(w.status(later), Some(SplitStatus::Watermark(109)), "split 2 idle");
         w.finish(1);
         assert_eq!(w.status(later), Some(SplitStatus::Idle));
         w.observe(2, Some(60), later);
-        assert_eq!(w.status(later), Some(SplitStatus::Watermark(50)), "split 2 rejoined");
+        assert_eq!(w.status(later), Some(SplitStatus::Watermark(49)), "split 2 rejoined");
     }
 }

@@ -129,14 +129,79 @@ pub(crate) fn cf_options() -> Options {
     opts
 }
 
-fn db_options() -> Options {
-    let mut opts = cf_options();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    opts.set_max_background_jobs(2);
-    opts.set_write_buffer_size(32 << 20);
-    opts
+/// Memory that the keyed state backends of a job share, so that the job's state stays within
+/// `--memory-budget` however large it grows (RocksDB spills to disk): one block cache that the
+/// memtables are charged to as well (a write buffer manager), index and filter blocks inside
+/// it, and each backend's write cache sized from the same budget.
+///
+/// ```
+/// use weir_state::{KeyGroupRange, KeyedStateBackend, StateMemory};
+/// let memory = StateMemory::new(64 << 20, 2);
+/// let dir = tempfile::tempdir().unwrap();
+/// let b = KeyedStateBackend::open_with(dir.path(), KeyGroupRange::for_subtask(128, 1, 0), 128, &memory).unwrap();
+/// assert_eq!(b.key_group_range(), KeyGroupRange::for_subtask(128, 1, 0));
+/// ```
+#[derive(Clone)]
+pub struct StateMemory {
+    cache: rocksdb::Cache,
+    write_buffers: rocksdb::WriteBufferManager,
+    memtable_bytes: usize,
+    write_cache_bytes: usize,
 }
+
+impl StateMemory {
+    /// Memory for `backends` backends out of a budget of `bytes` for all of them: half goes to
+    /// the shared block cache (a quarter of the budget to memtables in it), an eighth to the
+    /// write caches; the rest is left to records in flight and the process itself.
+    pub fn new(bytes: usize, backends: usize) -> Self {
+        let cache = rocksdb::Cache::new_lru_cache(bytes / 2);
+        let memtables = bytes / 4;
+        let write_buffers =
+            rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(memtables, false, cache.clone());
+        StateMemory { cache, write_buffers, memtable_bytes: memtables, write_cache_bytes: bytes / 8 / backends.max(1) }
+    }
+
+    /// Bytes of RocksDB's block cache and memtables in use.
+    pub fn rocksdb_usage(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    fn cf_options(&self) -> Options {
+        let mut opts = cf_options();
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&self.cache);
+        table.set_cache_index_and_filter_blocks(true);
+        // Most reads of a new key (a window's first record) find nothing: a filter answers
+        // those without reading data blocks.
+        table.set_bloom_filter(10.0, false);
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.05);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        opts.set_block_based_table_factory(&table);
+        // A memtable fills in a slice of the shared limit, so that many column families of
+        // many backends can each hold one without the manager flushing all the time.
+        opts.set_write_buffer_size((self.memtable_bytes / 4).clamp(1 << 20, 32 << 20));
+        opts
+    }
+
+    fn db_options(&self) -> Options {
+        let mut opts = self.cf_options();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_write_buffer_manager(&self.write_buffers);
+        opts
+    }
+}
+
+/// What [`KeyedStateBackend::open`] uses: one budget per process of [`DEFAULT_STATE_MEMORY`].
+fn default_memory() -> &'static StateMemory {
+    static MEMORY: std::sync::OnceLock<StateMemory> = std::sync::OnceLock::new();
+    MEMORY.get_or_init(|| StateMemory::new(DEFAULT_STATE_MEMORY, 1))
+}
+
+/// Budget of the backends opened without a [`StateMemory`] of their own.
+pub const DEFAULT_STATE_MEMORY: usize = 256 << 20;
 
 fn timer_cf_key(domain: TimeDomain, t: &Timer) -> Vec<u8> {
     let mut k = Vec::with_capacity(11 + t.key.len() + t.ns.len());
@@ -180,6 +245,25 @@ pub struct KeyedStateBackend {
     event_timers: BTreeSet<Timer>,
     processing_timers: BTreeSet<Timer>,
     cache: WriteCache,
+    memory: StateMemory,
+    /// Timer changes not yet in RocksDB, by timer column family key. Timers live in memory; the
+    /// column family only has to be right when a checkpoint is taken, so a timer registered and
+    /// fired between two checkpoints never reaches RocksDB.
+    timer_changes: rustc_hash::FxHashMap<Vec<u8>, TimerChange>,
+}
+
+/// A timer change waiting for the next flush.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TimerChange {
+    /// Registered; RocksDB does not have it (so deleting it again leaves nothing to do).
+    New {
+        key_len: u32,
+    },
+    /// Registered again after a deletion of a stored one.
+    Put {
+        key_len: u32,
+    },
+    Delete,
 }
 
 impl Drop for KeyedStateBackend {
@@ -196,6 +280,10 @@ impl Drop for KeyedStateBackend {
 struct CacheEntry {
     value: Option<Vec<u8>>,
     dirty: bool,
+    /// RocksDB may hold a value for the key. When it certainly does not (a read found nothing),
+    /// deleting the entry again needs no tombstone: window state that lives and dies between two
+    /// flushes never reaches RocksDB.
+    stored: bool,
 }
 
 /// Hot state entries kept in memory between flushes, so that the read-modify-write of every
@@ -203,7 +291,7 @@ struct CacheEntry {
 /// are keyed by `state id (u16 BE) ‖ RocksDB key`. The whole cache is written to RocksDB in one
 /// `WriteBatch` when it outgrows its byte budget, before every scan, and before a checkpoint.
 struct WriteCache {
-    map: HashMap<Vec<u8>, CacheEntry>,
+    map: ahash::AHashMap<Vec<u8>, CacheEntry>,
     bytes: usize,
     limit: usize,
 }
@@ -212,8 +300,14 @@ struct WriteCache {
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 impl KeyedStateBackend {
-    /// Opens (or creates) the backend in `dir` for the key groups in `range`.
+    /// Opens (or creates) the backend in `dir` for the key groups in `range`, in the process's
+    /// default memory budget.
     pub fn open(dir: &Path, range: KeyGroupRange, max_parallelism: usize) -> Result<Self> {
+        Self::open_with(dir, range, max_parallelism, default_memory())
+    }
+
+    /// Opens (or creates) the backend in `dir` for the key groups in `range`, sharing `memory`.
+    pub fn open_with(dir: &Path, range: KeyGroupRange, max_parallelism: usize, memory: &StateMemory) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
         let existing = DB::list_cf(&Options::default(), dir).unwrap_or_default();
         let mut names: Vec<String> = existing;
@@ -222,8 +316,8 @@ impl KeyedStateBackend {
                 names.push(required.to_string());
             }
         }
-        let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, cf_options()));
-        let db = DB::open_cf_descriptors(&db_options(), dir, descriptors)
+        let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, memory.cf_options()));
+        let db = DB::open_cf_descriptors(&memory.db_options(), dir, descriptors)
             .with_context(|| format!("opening RocksDB state in {}", dir.display()))?;
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
@@ -240,7 +334,13 @@ impl KeyedStateBackend {
             scratch: Vec::new(),
             event_timers: BTreeSet::new(),
             processing_timers: BTreeSet::new(),
-            cache: WriteCache { map: HashMap::new(), bytes: 0, limit: DEFAULT_CACHE_BYTES },
+            cache: WriteCache {
+                map: Default::default(),
+                bytes: 0,
+                limit: memory.write_cache_bytes.min(DEFAULT_CACHE_BYTES),
+            },
+            memory: memory.clone(),
+            timer_changes: Default::default(),
         };
         backend.load_meta()?;
         backend.load_timers()?;
@@ -273,6 +373,7 @@ impl KeyedStateBackend {
     }
 
     pub(crate) fn reload_timers(&mut self) -> Result<()> {
+        self.flush_timers()?;
         self.event_timers.clear();
         self.processing_timers.clear();
         self.load_timers()
@@ -387,7 +488,7 @@ impl KeyedStateBackend {
             bail!("state name '{name}' is reserved; names must not be empty or start with '_'");
         }
         if self.db.cf_handle(name).is_none() {
-            self.db.create_cf(name, &cf_options())?;
+            self.db.create_cf(name, &self.memory.cf_options())?;
         }
         let meta = StateMeta { name: name.to_string(), kind, ttl };
         let cf = self.cf(META_CF)?;
@@ -416,14 +517,15 @@ impl KeyedStateBackend {
         Ok(())
     }
 
-    /// Writes every cached change to RocksDB and empties the cache.
+    /// Writes every cached change (state and timers) to RocksDB and empties the cache.
     pub fn flush_cache(&mut self) -> Result<()> {
+        self.flush_timers()?;
         if self.cache.map.is_empty() {
             return Ok(());
         }
         let mut batch = rocksdb::WriteBatch::default();
         for (k, e) in self.cache.map.drain() {
-            if !e.dirty {
+            if !e.dirty || (e.value.is_none() && !e.stored) {
                 continue;
             }
             let id = u16::from_be_bytes([k[0], k[1]]) as usize;
@@ -464,9 +566,17 @@ impl KeyedStateBackend {
         r
     }
 
-    fn cache_store(&mut self, key: &[u8], value: Option<Vec<u8>>, dirty: bool) -> Result<()> {
+    /// `stored`: whether RocksDB may hold the key, for entries new to the cache.
+    fn cache_store(&mut self, key: &[u8], value: Option<Vec<u8>>, dirty: bool, stored: bool) -> Result<()> {
         let size = key.len() + value.as_ref().map_or(0, Vec::len) + 48;
         match self.cache.map.get_mut(key) {
+            Some(e) if value.is_none() && !e.stored => {
+                // Deleted before it ever reached RocksDB: forget it (no tombstone, no memory).
+                let gone = key.len() + e.value.as_ref().map_or(0, Vec::len) + 48;
+                self.cache.map.remove(key);
+                self.cache.bytes = self.cache.bytes.saturating_sub(gone);
+                return Ok(());
+            }
             Some(e) => {
                 self.cache.bytes += value.as_ref().map_or(0, Vec::len);
                 self.cache.bytes = self.cache.bytes.saturating_sub(e.value.as_ref().map_or(0, Vec::len));
@@ -475,7 +585,7 @@ impl KeyedStateBackend {
             }
             None => {
                 self.cache.bytes += size;
-                self.cache.map.insert(key.to_vec(), CacheEntry { value, dirty });
+                self.cache.map.insert(key.to_vec(), CacheEntry { value, dirty, stored });
             }
         }
         if self.cache.bytes > self.cache.limit {
@@ -492,7 +602,8 @@ impl KeyedStateBackend {
             let cf = b.cf(&b.states[id].name)?;
             let v = b.db.get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec());
             if b.cache.limit > 0 {
-                b.cache_store(k, v.clone(), false)?;
+                let stored = v.is_some();
+                b.cache_store(k, v.clone(), false, stored)?;
             }
             Ok(v)
         })
@@ -501,7 +612,7 @@ impl KeyedStateBackend {
     pub(crate) fn raw_put(&mut self, id: usize, ns: &[u8], extra: &[u8], value: &[u8]) -> Result<()> {
         self.with_full_key(id, ns, extra, |b, k| {
             if b.cache.limit > 0 {
-                return b.cache_store(k, Some(value.to_vec()), true);
+                return b.cache_store(k, Some(value.to_vec()), true, true);
             }
             let cf = b.cf(&b.states[id].name)?;
             Ok(b.db.put_cf_opt(cf, &k[2..], value, &b.wo)?)
@@ -514,7 +625,7 @@ impl KeyedStateBackend {
                 // The only merge operator is concatenation, so the cache can apply it itself.
                 let mut merged = e.value.clone().unwrap_or_default();
                 merged.extend_from_slice(value);
-                return b.cache_store(k, Some(merged), true);
+                return b.cache_store(k, Some(merged), true, true);
             }
             let cf = b.cf(&b.states[id].name)?;
             Ok(b.db.merge_cf_opt(cf, &k[2..], value, &b.wo)?)
@@ -524,7 +635,7 @@ impl KeyedStateBackend {
     pub(crate) fn raw_delete(&mut self, id: usize, ns: &[u8], extra: &[u8]) -> Result<()> {
         self.with_full_key(id, ns, extra, |b, k| {
             if b.cache.limit > 0 {
-                return b.cache_store(k, None, true);
+                return b.cache_store(k, None, true, true);
             }
             let cf = b.cf(&b.states[id].name)?;
             Ok(b.db.delete_cf_opt(cf, &k[2..], &b.wo)?)
@@ -568,8 +679,42 @@ impl KeyedStateBackend {
         let cf_key = timer_cf_key(domain, &timer);
         let key_len = (timer.key.len() - 2) as u32;
         set.insert(timer);
+        let change = match self.timer_changes.get(&cf_key) {
+            Some(TimerChange::Delete) => TimerChange::Put { key_len },
+            _ => TimerChange::New { key_len },
+        };
+        self.timer_changes.insert(cf_key, change);
+        Ok(())
+    }
+
+    fn timer_removed(&mut self, cf_key: Vec<u8>) {
+        match self.timer_changes.get(&cf_key) {
+            Some(TimerChange::New { .. }) => {
+                self.timer_changes.remove(&cf_key);
+            }
+            _ => {
+                self.timer_changes.insert(cf_key, TimerChange::Delete);
+            }
+        }
+    }
+
+    /// Writes the timer changes since the last flush to RocksDB in one batch.
+    fn flush_timers(&mut self) -> Result<()> {
+        if self.timer_changes.is_empty() {
+            return Ok(());
+        }
         let cf = self.cf(TIMERS_CF)?;
-        self.db.put_cf_opt(cf, cf_key, key_len.to_be_bytes(), &self.wo)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        for (k, change) in self.timer_changes.iter() {
+            match change {
+                TimerChange::New { key_len } | TimerChange::Put { key_len } => {
+                    batch.put_cf(cf, k, key_len.to_be_bytes())
+                }
+                TimerChange::Delete => batch.delete_cf(cf, k),
+            }
+        }
+        self.db.write_opt(batch, &self.wo)?;
+        self.timer_changes.clear();
         Ok(())
     }
 
@@ -581,8 +726,7 @@ impl KeyedStateBackend {
             TimeDomain::ProcessingTime => &mut self.processing_timers,
         };
         if set.remove(&timer) {
-            let cf = self.cf(TIMERS_CF)?;
-            self.db.delete_cf_opt(cf, timer_cf_key(domain, &timer), &self.wo)?;
+            self.timer_removed(timer_cf_key(domain, &timer));
         }
         Ok(())
     }
@@ -606,8 +750,7 @@ impl KeyedStateBackend {
             _ => return Ok(None),
         }
         let Some(timer) = set.pop_first() else { return Ok(None) };
-        let cf = self.cf(TIMERS_CF)?;
-        self.db.delete_cf_opt(cf, timer_cf_key(domain, &timer), &self.wo)?;
+        self.timer_removed(timer_cf_key(domain, &timer));
         Ok(Some(timer))
     }
 

@@ -14,8 +14,8 @@ pub mod keygroup;
 pub mod snapshot;
 
 pub use backend::{
-    system_clock, Clock, KeyedStateBackend, StateKind, StateMeta, StateTtlConfig, TimeDomain, Timer,
-    DEFAULT_CACHE_BYTES, META_CF, TIMERS_CF,
+    system_clock, Clock, KeyedStateBackend, StateKind, StateMemory, StateMeta, StateTtlConfig, TimeDomain, Timer,
+    DEFAULT_CACHE_BYTES, DEFAULT_STATE_MEMORY, META_CF, TIMERS_CF,
 };
 pub use handles::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use weir_runtime::{Source, SourceOutput, SourcePoll, SourceReader, TaskInfo};
 
 /// A person registering.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Person {
     pub id: u64,
     pub name: String,
@@ -28,7 +28,7 @@ pub struct Person {
 }
 
 /// An auction opening.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Auction {
     pub id: u64,
     pub item_name: String,
@@ -43,7 +43,7 @@ pub struct Auction {
 }
 
 /// A bid on an auction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Bid {
     pub auction: u64,
     pub bidder: u64,
@@ -55,7 +55,7 @@ pub struct Bid {
 }
 
 /// One Nexmark event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     Person(Person),

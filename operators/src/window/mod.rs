@@ -83,6 +83,12 @@ pub trait WindowAssigner: Send + Sync + 'static {
     fn accepts_untimed(&self) -> bool {
         false
     }
+    /// `(size, slide)` of sliding windows that can be kept as slices: each record then updates
+    /// one slice of `slide` instead of `size / slide` windows, and a window merges its slices
+    /// when it fires.
+    fn slices(&self) -> Option<(i64, i64)> {
+        None
+    }
 }
 
 fn ms(d: Duration) -> i64 {
@@ -181,6 +187,9 @@ impl WindowAssigner for SlidingEventTimeWindows {
             out.push(TimeWindow::new(start, start + self.size));
             start -= self.slide;
         }
+    }
+    fn slices(&self) -> Option<(i64, i64)> {
+        (self.size > self.slide && self.size % self.slide == 0).then_some((self.size, self.slide))
     }
 }
 

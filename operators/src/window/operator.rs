@@ -28,24 +28,49 @@ pub trait WindowContents: 'static {
     fn clear(&self, ctx: &mut KeyedContext, ns: &[u8]) -> Result<()>;
     /// Moves the content of the windows `sources` into `target` (session merges).
     fn merge_into(&self, ctx: &mut KeyedContext, sources: &[Vec<u8>], target: &[u8]) -> Result<()>;
+    /// The combined content of the windows stored under `nss`.
+    fn get_merged(&self, ctx: &mut KeyedContext, nss: &[Vec<u8>]) -> Result<Option<Self::Content>>;
+    /// Sliding windows kept as slices of `slide`: adds a record to the slice starting at
+    /// `start`; returns whether the slice is new.
+    fn add_to_slice(&self, ctx: &mut KeyedContext, start: i64, slide: i64, value: &Self::In) -> Result<bool> {
+        self.add(ctx, &TimeWindow::new(start, start + slide).encode(), value)
+    }
+    /// The content of window `w` made of slices of `slide`; drops its first slice, which no
+    /// later window has.
+    fn take_window(&self, ctx: &mut KeyedContext, w: &TimeWindow, slide: i64) -> Result<Option<Self::Content>> {
+        let slices: Vec<Vec<u8>> = (0..(w.end - w.start) / slide)
+            .map(|i| TimeWindow::new(w.start + i * slide, w.start + (i + 1) * slide).encode())
+            .collect();
+        let content = self.get_merged(ctx, &slices)?;
+        self.clear(ctx, &slices[0])?;
+        Ok(content)
+    }
 }
 
 /// Incremental aggregation: one accumulator per window.
 pub struct Aggregating<A: AggregateFunction> {
     agg: Arc<A>,
     state: ValueStateDescriptor<A::Acc>,
+    /// Sliding windows: every live slice of a key in one entry, `(slice start, accumulator)` in
+    /// start order, so that a record is one read-modify-write and a firing window one read
+    /// (slices a key has no records in cost nothing).
+    slices: ValueStateDescriptor<Vec<(i64, A::Acc)>>,
 }
 
 impl<A: AggregateFunction> Clone for Aggregating<A> {
     fn clone(&self) -> Self {
-        Aggregating { agg: self.agg.clone(), state: self.state.clone() }
+        Aggregating { agg: self.agg.clone(), state: self.state.clone(), slices: self.slices.clone() }
     }
 }
 
 impl<A: AggregateFunction> Aggregating<A> {
     /// Windows folded with `agg`.
     pub fn new(agg: A) -> Self {
-        Aggregating { agg: Arc::new(agg), state: ValueStateDescriptor::new("window-contents") }
+        Aggregating {
+            agg: Arc::new(agg),
+            state: ValueStateDescriptor::new("window-contents"),
+            slices: ValueStateDescriptor::new("window-slices"),
+        }
     }
 }
 
@@ -92,6 +117,62 @@ where
             ctx.state(&self.state)?.in_namespace(target).update(&m)?;
         }
         Ok(())
+    }
+
+    fn get_merged(&self, ctx: &mut KeyedContext, nss: &[Vec<u8>]) -> Result<Option<A::Out>> {
+        let mut merged: Option<A::Acc> = None;
+        for ns in nss {
+            if let Some(acc) = ctx.state(&self.state)?.in_namespace(ns).value()? {
+                merged = Some(match merged {
+                    Some(m) => self.agg.merge(m, acc),
+                    None => acc,
+                });
+            }
+        }
+        Ok(merged.map(|acc| self.agg.get_result(&acc)))
+    }
+
+    fn add_to_slice(&self, ctx: &mut KeyedContext, start: i64, _slide: i64, value: &A::In) -> Result<bool> {
+        let mut st = ctx.state(&self.slices)?;
+        let mut slices = st.value()?.unwrap_or_default();
+        let new = match slices.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => {
+                self.agg.add(&mut slices[i].1, value);
+                false
+            }
+            Err(i) => {
+                let mut acc = self.agg.create_accumulator();
+                self.agg.add(&mut acc, value);
+                slices.insert(i, (start, acc));
+                true
+            }
+        };
+        st.update(&slices)?;
+        Ok(new)
+    }
+
+    fn take_window(&self, ctx: &mut KeyedContext, w: &TimeWindow, _slide: i64) -> Result<Option<A::Out>> {
+        let mut st = ctx.state(&self.slices)?;
+        let Some(slices) = st.value()? else { return Ok(None) };
+        // Accumulators need not be Clone: the later slices are read a second time to keep them.
+        let mut keep =
+            if slices.iter().any(|(start, _)| *start > w.start) { st.value()?.unwrap_or_default() } else { Vec::new() };
+        keep.retain(|(start, _)| *start > w.start);
+        let mut merged: Option<A::Acc> = None;
+        for (start, acc) in slices {
+            if start >= w.start && start < w.end {
+                merged = Some(match merged {
+                    Some(m) => self.agg.merge(m, acc),
+                    None => acc,
+                });
+            }
+        }
+        if keep.is_empty() {
+            st.clear()?;
+        } else {
+            st.update(&keep)?;
+        }
+        Ok(merged.map(|acc| self.agg.get_result(&acc)))
     }
 }
 
@@ -151,6 +232,14 @@ impl<T: Data> WindowContents for Buffering<T> {
         }
         Ok(())
     }
+
+    fn get_merged(&self, ctx: &mut KeyedContext, nss: &[Vec<u8>]) -> Result<Option<Vec<T>>> {
+        let mut all = Vec::new();
+        for ns in nss {
+            all.extend(ctx.state(&self.state)?.in_namespace(ns).get()?);
+        }
+        Ok(if all.is_empty() { None } else { Some(all) })
+    }
 }
 
 /// The keyed operator behind every windowed stream.
@@ -163,6 +252,8 @@ pub struct WindowOperator<K, C: WindowContents, O> {
     late: Option<Counter>,
     sessions: ValueStateDescriptor<Vec<TimeWindow>>,
     windows: Vec<TimeWindow>,
+    /// `(size, slide)` when sliding windows are kept as slices (event time, no allowed lateness).
+    sliced: Option<(i64, i64)>,
     _k: PhantomData<fn() -> K>,
 }
 
@@ -174,6 +265,7 @@ impl<K, C: WindowContents, O> WindowOperator<K, C, O> {
         lateness: i64,
         late_tag: Option<OutputTag<C::In>>,
     ) -> Self {
+        let sliced = assigner.slices().filter(|_| lateness == 0 && assigner.is_event_time());
         WindowOperator {
             assigner,
             contents,
@@ -183,6 +275,7 @@ impl<K, C: WindowContents, O> WindowOperator<K, C, O> {
             late: None,
             sessions: ValueStateDescriptor::new("window-sessions"),
             windows: Vec::new(),
+            sliced,
             _k: PhantomData,
         }
     }
@@ -242,6 +335,53 @@ impl<K: Data, C: WindowContents, O: Data> WindowOperator<K, C, O> {
             out.set_timestamp(r.ts);
             out.side(tag, r.value);
         }
+    }
+
+    /// A record of sliding windows kept as slices: it updates its slice only. A new slice
+    /// registers the timers of the windows it belongs to that have not fired yet.
+    fn process_sliced(
+        &mut self,
+        size: i64,
+        slide: i64,
+        r: Record<C::In>,
+        ts: i64,
+        ctx: &mut KeyedContext,
+        out: &mut Collector<O>,
+    ) -> Result<()> {
+        let wm = ctx.current_watermark();
+        let start = ts - ts.rem_euclid(slide);
+        if start + size - 1 <= wm {
+            // Every window of the slice has fired.
+            self.late_record(r, out);
+            return Ok(());
+        }
+        if self.contents.add_to_slice(ctx, start, slide, &r.value)? {
+            let mut end = start + slide;
+            while end <= start + size {
+                if end - 1 > wm {
+                    let w = TimeWindow::new(end - size, end);
+                    ctx.register_timer_in(TimeDomain::EventTime, w.max_timestamp(), &w.encode())?;
+                }
+                end += slide;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires a window made of slices, then drops its first slice, which no later window has.
+    fn fire_sliced(
+        &mut self,
+        key: &K,
+        w: &TimeWindow,
+        slide: i64,
+        ctx: &mut KeyedContext,
+        out: &mut Collector<O>,
+    ) -> Result<()> {
+        if let Some(content) = self.contents.take_window(ctx, w, slide)? {
+            out.set_timestamp(Some(w.max_timestamp()));
+            (self.emit)(key, w, content, out);
+        }
+        Ok(())
     }
 
     fn process_session(
@@ -326,6 +466,9 @@ impl<K: Data, C: WindowContents, O: Data> KeyedOperator for WindowOperator<K, C,
         if let Some(gap) = self.assigner.session_gap() {
             return self.process_session(key, gap, r, ts, ctx, out);
         }
+        if let Some((size, slide)) = self.sliced {
+            return self.process_sliced(size, slide, r, ts, ctx, out);
+        }
         let wm = ctx.current_watermark();
         let mut windows = std::mem::take(&mut self.windows);
         windows.clear();
@@ -355,6 +498,9 @@ impl<K: Data, C: WindowContents, O: Data> KeyedOperator for WindowOperator<K, C,
 
     fn on_timer(&mut self, key: &K, t: FiredTimer, ctx: &mut KeyedContext, out: &mut Collector<O>) -> Result<()> {
         let w = TimeWindow::decode(&t.namespace)?;
+        if let Some((_, slide)) = self.sliced {
+            return self.fire_sliced(key, &w, slide, ctx, out);
+        }
         if t.ts == w.max_timestamp() {
             self.fire(key, &w, &t.namespace, ctx, out)?;
         }
