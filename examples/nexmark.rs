@@ -95,6 +95,9 @@ enum Query {
     Q5,
     Q7,
     Q8,
+    /// Not a Nexmark query: keeps every bid in keyed state, for state far larger than
+    /// --memory-budget (peak RSS must stay under the budget; RocksDB spills to disk).
+    Store,
 }
 
 impl Query {
@@ -108,6 +111,7 @@ impl Query {
             Query::Q5 => "q5",
             Query::Q7 => "q7",
             Query::Q8 => "q8",
+            Query::Store => "store",
         }
     }
     fn what(self) -> &'static str {
@@ -120,6 +124,7 @@ impl Query {
             Query::Q5 => "hot items, sliding",
             Query::Q7 => "highest bid per window",
             Query::Q8 => "new users, windowed join",
+            Query::Store => "every bid in keyed state",
         }
     }
 }
@@ -463,6 +468,40 @@ impl KeyedCoOperator for Q8Join {
     }
 }
 
+/// Keeps each bid under its own key (so state grows with the input) and passes its auction on.
+#[derive(Clone, Default)]
+struct StoreBids {
+    state_bytes: Option<weir::runtime::Counter>,
+    buf: Vec<u8>,
+}
+
+impl KeyedOperator for StoreBids {
+    type Key = (u64, u64, i64);
+    type In = Bid;
+    type Out = u64;
+    fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.state_bytes = Some(ctx.counter("state_bytes"));
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        _key: &(u64, u64, i64),
+        b: Record<Bid>,
+        ctx: &mut KeyedContext,
+        out: &mut Collector<u64>,
+    ) -> Result<()> {
+        ctx.state(&ValueStateDescriptor::<Bid>::new("bids"))?.update(&b.value)?;
+        // The state's logical size: what the bid takes encoded, before RocksDB compresses it.
+        self.buf.clear();
+        weir::state::codec::encode_into(&b.value, &mut self.buf)?;
+        if let Some(c) = &self.state_bytes {
+            c.add(self.buf.len() as u64);
+        }
+        out.collect(b.value.auction);
+        Ok(())
+    }
+}
+
 /// Builds query `q` on `events` and ends it in a digest sink.
 fn build(q: Query, events: &DataStream<Event>, digest: &Digest) {
     match q {
@@ -567,6 +606,13 @@ fn build(q: Query, events: &DataStream<Event>, digest: &Digest) {
                 .uid("new-users");
             sink(&rows, digest)
         }
+        Query::Store => {
+            let rows = bids(events)
+                .key_by(|b: &Bid| (b.auction, b.bidder, b.date_time))
+                .process("store", StoreBids::default())
+                .uid("store");
+            sink(&rows, digest)
+        }
     }
 }
 
@@ -579,6 +625,8 @@ struct Summary {
     seconds: f64,
     rows: u64,
     digest: String,
+    /// Logical bytes of keyed state written (the `store` query).
+    state_bytes: u64,
 }
 
 fn run_query(args: RunArgs) -> Result<()> {
@@ -603,6 +651,7 @@ fn run_query(args: RunArgs) -> Result<()> {
         seconds,
         rows,
         digest: format!("{sum:016x}"),
+        state_bytes: result.counter("store.state_bytes"),
     };
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
@@ -658,9 +707,9 @@ fn bench(b: BenchArgs) -> Result<()> {
     let dir = b.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "| query | what | p | events | median s | events/s | events/s per core | peak RSS MiB | checkpoints | checkpoint p50 ms | checkpoint p99 ms | rows | digest |"
+        "| query | what | p | events | median s | events/s | events/s per core | peak RSS MiB | checkpoints | checkpoint p50 ms | checkpoint p99 ms | rows | digest | state MiB |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     let mut failures = Vec::new();
     for &q in &b.queries {
         let mut digests = Vec::new();
@@ -690,7 +739,7 @@ fn bench(b: BenchArgs) -> Result<()> {
             let rate = s.events as f64 / median;
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             println!(
-                "| {} | {} | {p} | {} | {median:.2} | {rate:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {p} | {} | {median:.2} | {rate:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
                 q.name(),
                 q.what(),
                 s.events,
@@ -701,6 +750,11 @@ fn bench(b: BenchArgs) -> Result<()> {
                 fmt(percentile(chk, 0.99)),
                 s.rows,
                 s.digest,
+                if s.state_bytes > 0 {
+                    format!("{:.0}", s.state_bytes as f64 / (1u64 << 20) as f64)
+                } else {
+                    "-".into()
+                },
             );
             digests.push((p, s.rows, s.digest));
         }

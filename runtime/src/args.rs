@@ -128,10 +128,21 @@ pub struct JobArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub progress_interval: Duration,
 
-    /// Memory for keyed state (RocksDB block cache, memtables, write caches) and the records in
-    /// flight, like 512MiB or 2GiB; state beyond it spills to disk.
+    /// Memory of the whole job, like 512MiB or 2GiB: peak RSS stays under it however large the
+    /// keyed state grows (state beyond it spills to disk). What is left after a fixed reserve
+    /// for the process and the records in flight goes to RocksDB and the state write caches.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes, value_name = "BYTES")]
     pub memory_budget: u64,
+}
+
+/// The smallest `--memory-budget`: the process itself (code, threads, allocator arenas, RocksDB's
+/// fixed structures) takes about 80 MiB whatever the state.
+pub const MIN_MEMORY_BUDGET: u64 = 128 << 20;
+
+/// The part of `--memory-budget` not given to keyed state: 96 MiB for the process and an
+/// eighth of the budget for records in flight (channels, batches, operator buffers).
+pub(crate) fn state_share(budget: u64) -> u64 {
+    budget.saturating_sub((96 << 20) + budget / 8).max(16 << 20)
 }
 
 /// Parses a byte size: a number with an optional unit (B, KiB, MiB, GiB, KB, MB, GB).
@@ -151,8 +162,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit '{other}' in '{s}' (use B, KiB, MiB or GiB)")),
     };
     let bytes = (n * mult as f64) as u64;
-    if bytes < 16 << 20 {
-        return Err(format!("'{s}' is below the smallest budget, 16MiB"));
+    if bytes < MIN_MEMORY_BUDGET {
+        return Err(format!("'{s}' is below the smallest budget, {}MiB", MIN_MEMORY_BUDGET >> 20));
     }
     Ok(bytes)
 }

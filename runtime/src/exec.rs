@@ -284,17 +284,50 @@ enum AttemptEnd {
     Failed(anyhow::Error),
 }
 
+/// Names the process that owns a temporary state directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes temporary state directories whose owning process is gone: a job killed with
+/// SIGKILL cannot remove its own, and they would pile up in the temporary directory. Working
+/// state is never needed after its process died (recovery reads checkpoints).
+fn remove_stale_state_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("weir-state-") {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(path.join(OWNER_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::debug!(dir = %path.display(), pid, "removed the state of a dead job"),
+                Err(e) => tracing::debug!(dir = %path.display(), error = %e, "could not remove a dead job's state"),
+            }
+        }
+    }
+}
+
 pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<JobResult> {
     let started = Instant::now();
     let plan = Arc::new(plan(graph, args)?);
     let (_tmp, state_root): (Option<tempfile::TempDir>, PathBuf) = match &args.state_dir {
         Some(dir) => (None, dir.join(sanitize(job_name))),
         None => {
+            remove_stale_state_dirs(&std::env::temp_dir());
             let tmp = tempfile::Builder::new()
                 .prefix("weir-state-")
                 .tempdir()
                 .context("creating a temporary state directory")?;
             let root = tmp.path().to_path_buf();
+            // Whose it is, so that a later job can remove it if this process dies (kill -9)
+            // before it could.
+            std::fs::write(root.join(OWNER_FILE), std::process::id().to_string())?;
             (Some(tmp), root)
         }
     };
@@ -430,7 +463,8 @@ fn run_attempt(
 
     let checkpointing = storage.is_some();
     let total_subtasks: usize = plan.parallelism.iter().sum();
-    let state_memory = weir_state::StateMemory::new(args.memory_budget as usize, total_subtasks);
+    let state_memory =
+        weir_state::StateMemory::new(crate::args::state_share(args.memory_budget) as usize, total_subtasks);
     let (events_tx, mut events_rx) = unbounded::<TaskEvent>();
     let cancel = Arc::new(AtomicBool::new(false));
     let (exit_tx, exit_rx) = unbounded::<TaskExit>();

@@ -150,15 +150,14 @@ pub struct StateMemory {
 }
 
 impl StateMemory {
-    /// Memory for `backends` backends out of a budget of `bytes` for all of them: half goes to
-    /// the shared block cache (a quarter of the budget to memtables in it), an eighth to the
-    /// write caches; the rest is left to records in flight and the process itself.
+    /// Memory for `backends` backends sharing `bytes`: three quarters go to the block cache
+    /// (a quarter of `bytes` of it to memtables), a quarter to the backends' write caches.
     pub fn new(bytes: usize, backends: usize) -> Self {
-        let cache = rocksdb::Cache::new_lru_cache(bytes / 2);
+        let cache = rocksdb::Cache::new_lru_cache(bytes / 4 * 3);
         let memtables = bytes / 4;
         let write_buffers =
             rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(memtables, false, cache.clone());
-        StateMemory { cache, write_buffers, memtable_bytes: memtables, write_cache_bytes: bytes / 8 / backends.max(1) }
+        StateMemory { cache, write_buffers, memtable_bytes: memtables, write_cache_bytes: bytes / 4 / backends.max(1) }
     }
 
     /// Bytes of RocksDB's block cache and memtables in use.
