@@ -126,7 +126,8 @@ fn reference(query: &str, events: &[Event]) -> Digest {
             top_per_window(per_end).iter().for_each(|r| d.add(r));
         }
         "q7" => {
-            let mut per_end: BTreeMap<i64, Vec<(u64, (u64, u64, i64))>> = BTreeMap::new();
+            type Highest = (u64, (u64, u64, i64));
+            let mut per_end: BTreeMap<i64, Vec<Highest>> = BTreeMap::new();
             // Per window and auction the highest (price, bidder) bid, then the highest of those.
             let mut per_auction: HashMap<(i64, u64), &Bid> = HashMap::new();
             for b in bids(events) {
