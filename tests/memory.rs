@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use common::example;
 
 #[test]
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn peak_rss_stays_under_the_budget_with_state_ten_times_larger() {
     const BUDGET_MIB: u64 = 192;
     const EVENTS: u64 = 15_000_000;
