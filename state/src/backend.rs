@@ -542,43 +542,6 @@ impl KeyedStateBackend {
         Ok(())
     }
 
-    /// Writes every cached change to RocksDB but keeps the entries, now clean, so that the
-    /// records after a checkpoint still find their keys in memory (emptying the cache at every
-    /// checkpoint sent each hot key back to RocksDB once per checkpoint).
-    fn write_back(&mut self) -> Result<()> {
-        self.flush_timers()?;
-        let mut batch = rocksdb::WriteBatch::default();
-        let mut bytes = 0;
-        let states = &self.states;
-        let db = &self.db;
-        let mut missing = None;
-        self.cache.map.retain(|k, e| {
-            if e.dirty && (e.value.is_some() || e.stored) {
-                let id = u16::from_be_bytes([k[0], k[1]]) as usize;
-                match db.cf_handle(&states[id].name) {
-                    Some(cf) => match &e.value {
-                        Some(v) => batch.put_cf(cf, &k[2..], v),
-                        None => batch.delete_cf(cf, &k[2..]),
-                    },
-                    None => missing = Some(states[id].name.clone()),
-                }
-            }
-            e.dirty = false;
-            e.stored = e.value.is_some();
-            let keep = e.value.is_some();
-            if keep {
-                bytes += k.len() + e.value.as_ref().map_or(0, Vec::len) + 48;
-            }
-            keep
-        });
-        if let Some(name) = missing {
-            bail!("state column family '{name}' is missing");
-        }
-        self.cache.bytes = bytes;
-        self.db.write_opt(batch, &self.wo)?;
-        Ok(())
-    }
-
     /// Builds `state id ‖ current key ‖ ns ‖ extra` into the scratch buffer and runs `f` with it;
     /// the RocksDB key is everything after the first two bytes.
     fn with_full_key<R>(
@@ -817,7 +780,7 @@ impl KeyedStateBackend {
     ///
     /// Flushes the memtables first, so this is safe with the WAL disabled.
     pub fn checkpoint_to(&mut self, path: &Path) -> Result<()> {
-        self.write_back()?;
+        self.flush_cache()?;
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
         cp.create_checkpoint(path).with_context(|| format!("creating RocksDB checkpoint at {}", path.display()))?;
         Ok(())
