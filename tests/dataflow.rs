@@ -625,3 +625,71 @@ fn a_failed_task_restarts_the_job_from_its_last_checkpoint() {
     }
     assert_eq!(total, n, "every bid counted once across the restart");
 }
+
+/// Two subtasks of one source at very different speeds: `(subtask, ts)` records.
+#[derive(Clone)]
+struct SkewedSource {
+    n: i64,
+}
+
+struct SkewedReader {
+    subtask: usize,
+    next: i64,
+    n: i64,
+}
+
+impl weir::runtime::Source<(usize, i64)> for SkewedSource {
+    fn create_reader(&self, info: &TaskInfo) -> Result<Box<dyn SourceReader<(usize, i64)>>> {
+        Ok(Box::new(SkewedReader { subtask: info.subtask, next: 0, n: self.n }))
+    }
+}
+
+impl SourceReader<(usize, i64)> for SkewedReader {
+    fn poll(&mut self, out: &mut SourceOutput<'_, (usize, i64)>) -> Result<SourcePoll> {
+        // Subtask 0 makes 100 ms of event time per poll, subtask 1 10 ms per poll and 1 ms of sleep.
+        let step = if self.subtask == 0 { 100 } else { 10 };
+        if self.subtask == 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..step {
+            if self.next >= self.n {
+                return Ok(SourcePoll::Finished);
+            }
+            out.collect_at(0, (self.subtask, self.next), self.next);
+            self.next += 1;
+        }
+        Ok(SourcePoll::Ready)
+    }
+}
+
+/// The largest lead of subtask 0's event time over subtask 1's, in arrival order at the sink.
+fn largest_lead(alignment: Option<Duration>) -> i64 {
+    let out = Collected::new();
+    let env = StreamEnv::new(JobArgs { buffer_timeout: Duration::from_millis(1), batch_size: 10, ..args(2) });
+    let mut strategy = WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &(usize, i64)| r.1);
+    if let Some(drift) = alignment {
+        strategy = strategy.with_watermark_alignment(drift);
+    }
+    env.add_source("skewed", SkewedSource { n: 3_000 }, strategy).rebalance().collect_into(&out).set_parallelism(1);
+    env.execute("alignment").unwrap();
+    let mut max = [-1i64; 2];
+    let mut lead = 0;
+    let records = out.take();
+    assert_eq!(records.len(), 6_000);
+    for (subtask, ts) in records {
+        max[subtask] = max[subtask].max(ts);
+        if max[1] < 2_900 {
+            lead = lead.max(max[0] - max[1]);
+        }
+    }
+    lead
+}
+
+#[test]
+fn watermark_alignment_holds_a_fast_subtask_near_the_slowest() {
+    let unaligned = largest_lead(None);
+    assert!(unaligned > 2_000, "without alignment the fast subtask runs far ahead: {unaligned}");
+    let aligned = largest_lead(Some(Duration::from_millis(100)));
+    // Drift, plus one poll of the fast subtask, plus what is in flight.
+    assert!(aligned <= 400, "with 100 ms alignment the lead stays small: {aligned}");
+}

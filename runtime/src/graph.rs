@@ -270,12 +270,19 @@ impl StreamEnv {
     ) -> DataStream<T> {
         let max_parallelism = source.max_parallelism();
         let source = Arc::new(source);
+        let alignment = crate::source::AlignmentGroup::default();
         let factory: SourceFactory = Arc::new(move |ctx: BuildContext| {
             let reader = source.create_reader(&ctx.info)?;
             let env = ctx.driver_env(false)?;
             let main = unbox_output::<T>(ctx.main)?;
-            let task: Box<dyn RunnableSource> =
-                Box::new(SourceTask { reader, strategy: strategy.clone(), main, sides: ctx.sides, env });
+            let task: Box<dyn RunnableSource> = Box::new(SourceTask {
+                reader,
+                strategy: strategy.clone(),
+                main,
+                sides: ctx.sides,
+                env,
+                alignment: alignment.clone(),
+            });
             Ok(task)
         });
         let node = NodeSpec {

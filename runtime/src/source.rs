@@ -3,6 +3,7 @@
 //! per split.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -127,6 +128,17 @@ pub(crate) struct SourceTask<T: Data> {
     pub main: Box<dyn Output<T>>,
     pub sides: Vec<SidePort>,
     pub env: DriverEnv,
+    /// The watermarks of every subtask of this source, for watermark alignment.
+    pub alignment: AlignmentGroup,
+}
+
+/// The latest watermark of every subtask of one source (`i64::MAX` when finished or idle).
+pub(crate) type AlignmentGroup = Arc<parking_lot::Mutex<Vec<i64>>>;
+
+/// Whether `own` is more than `drift` ahead of the slowest subtask that has a watermark.
+fn too_far_ahead(group: &AlignmentGroup, own: i64, drift: i64) -> bool {
+    let slowest = group.lock().iter().copied().min();
+    slowest.is_some_and(|m| m > i64::MIN && m < MAX_WATERMARK && own > m.saturating_add(drift))
 }
 
 /// A source task with its type erased, so the executor can run any of them.
@@ -161,7 +173,15 @@ impl<T: Data> RunnableSource for SourceTask<T> {
         };
         let mut splits = SplitWatermarks::new(self.strategy.out_of_orderness_ms, self.strategy.idleness);
         self.restore(&mut splits).with_context(|| format!("{label} failed to restore"))?;
-        let SourceTask { mut reader, strategy, mut main, sides, env } = *self;
+        let SourceTask { mut reader, strategy, mut main, sides, env, alignment } = *self;
+        let (subtask, parallelism) = (env.ctx.info().subtask, env.ctx.info().parallelism);
+        let set_aligned = |wm: i64| {
+            let mut g = alignment.lock();
+            if g.len() != parallelism {
+                *g = vec![i64::MIN; parallelism];
+            }
+            g[subtask] = wm;
+        };
         let mut side_bufs = SideOutputs::default();
         let mut side_outs = Vec::new();
         for (name, out, buf) in sides {
@@ -170,6 +190,10 @@ impl<T: Data> RunnableSource for SourceTask<T> {
         }
         let mut buf: Vec<Record<T>> = Vec::with_capacity(task.batch_size);
         let mut last_wm = env.ctx.watermark;
+        let drift = strategy.alignment_ms;
+        if drift.is_some() {
+            set_aligned(last_wm);
+        }
         let mut idle_sent = false;
         let mut last_flush = Instant::now();
         // After its input is exhausted (or a terminal barrier passed) a checkpointing source
@@ -244,6 +268,21 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                 None if ended || stopping => continue,
                 None => {}
             }
+            if let Some(drift) = drift {
+                if too_far_ahead(&alignment, last_wm, drift) {
+                    // Ahead of the slowest subtask: hand on what is buffered and wait for it.
+                    main.flush()?;
+                    let waiting = Instant::now();
+                    let m = control.recv_timeout(Duration::from_millis(2));
+                    task.stats.add_idle(waiting);
+                    match m {
+                        Ok(m) => pending = Some(m),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return Err(Cancelled.into()),
+                    }
+                    continue;
+                }
+            }
             let now = Instant::now();
             let poll = catch_unwind(AssertUnwindSafe(|| {
                 let mut out = SourceOutput {
@@ -275,6 +314,9 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                     s.watermark(MAX_WATERMARK)?;
                     s.end_of_input()?;
                 }
+                if drift.is_some() {
+                    set_aligned(MAX_WATERMARK);
+                }
                 match &env.checkpoint {
                     Some(cp) => {
                         last_wm = MAX_WATERMARK;
@@ -289,6 +331,9 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                 match splits.status(Instant::now()) {
                     Some(SplitStatus::Watermark(w)) if w > last_wm => {
                         last_wm = w;
+                        if drift.is_some() {
+                            set_aligned(w);
+                        }
                         env.watermark_gauge.store(w, std::sync::atomic::Ordering::Relaxed);
                         main.watermark(w)?;
                         for s in &mut side_outs {
@@ -297,6 +342,10 @@ impl<T: Data> RunnableSource for SourceTask<T> {
                     }
                     Some(SplitStatus::Idle) if !idle_sent => {
                         idle_sent = true;
+                        if drift.is_some() {
+                            // An idle subtask must not hold the others back.
+                            set_aligned(MAX_WATERMARK);
+                        }
                         main.idle()?;
                         for s in &mut side_outs {
                             s.idle()?;

@@ -33,6 +33,8 @@ pub struct WatermarkStrategy<T> {
     pub(crate) out_of_orderness_ms: i64,
     pub(crate) idleness: Option<Duration>,
     pub(crate) generates: bool,
+    /// Max drift (ms) of a subtask's watermark ahead of the slowest subtask of the same source.
+    pub(crate) alignment_ms: Option<i64>,
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
@@ -42,6 +44,7 @@ impl<T> Clone for WatermarkStrategy<T> {
             out_of_orderness_ms: self.out_of_orderness_ms,
             idleness: self.idleness,
             generates: self.generates,
+            alignment_ms: self.alignment_ms,
         }
     }
 }
@@ -50,7 +53,13 @@ impl<T> WatermarkStrategy<T> {
     /// Records carry no event time and no watermarks are generated (until the final one at the
     /// end of a bounded input).
     pub fn no_watermarks() -> Self {
-        WatermarkStrategy { assigner: None, out_of_orderness_ms: 0, idleness: None, generates: false }
+        WatermarkStrategy {
+            assigner: None,
+            out_of_orderness_ms: 0,
+            idleness: None,
+            generates: false,
+            alignment_ms: None,
+        }
     }
 
     /// Watermark = highest timestamp seen − `max_out_of_orderness` − 1 ms (records at the highest
@@ -61,6 +70,7 @@ impl<T> WatermarkStrategy<T> {
             out_of_orderness_ms: max_out_of_orderness.as_millis() as i64,
             idleness: None,
             generates: true,
+            alignment_ms: None,
         }
     }
 
@@ -78,6 +88,15 @@ impl<T> WatermarkStrategy<T> {
     /// A split with no data for `timeout` no longer holds the watermark back.
     pub fn with_idleness(mut self, timeout: Duration) -> Self {
         self.idleness = Some(timeout);
+        self
+    }
+
+    /// Watermark alignment (Flink's `withWatermarkAlignment`): a source subtask whose watermark is
+    /// more than `max_drift` ahead of the slowest subtask of the same source pauses until that one
+    /// catches up, so that state waiting for the slowest input (windows, joins) does not grow with
+    /// the skew between subtasks. Finished and idle subtasks do not hold the others back.
+    pub fn with_watermark_alignment(mut self, max_drift: Duration) -> Self {
+        self.alignment_ms = Some(max_drift.as_millis() as i64);
         self
     }
 
