@@ -670,15 +670,15 @@ fn largest_lead(alignment: Option<Duration>) -> i64 {
     if let Some(drift) = alignment {
         strategy = strategy.with_watermark_alignment(drift);
     }
-    env.add_source("skewed", SkewedSource { n: 3_000 }, strategy).rebalance().collect_into(&out).set_parallelism(1);
+    env.add_source("skewed", SkewedSource { n: 5_000 }, strategy).rebalance().collect_into(&out).set_parallelism(1);
     env.execute("alignment").unwrap();
     let mut max = [-1i64; 2];
     let mut lead = 0;
     let records = out.take();
-    assert_eq!(records.len(), 6_000);
+    assert_eq!(records.len(), 10_000);
     for (subtask, ts) in records {
         max[subtask] = max[subtask].max(ts);
-        if max[1] < 2_900 {
+        if max[1] < 4_900 {
             lead = lead.max(max[0] - max[1]);
         }
     }
@@ -688,7 +688,7 @@ fn largest_lead(alignment: Option<Duration>) -> i64 {
 #[test]
 fn watermark_alignment_holds_a_fast_subtask_near_the_slowest() {
     let unaligned = largest_lead(None);
-    assert!(unaligned > 2_000, "without alignment the fast subtask runs far ahead: {unaligned}");
+    assert!(unaligned > 1_500, "without alignment the fast subtask runs far ahead: {unaligned}");
     let aligned = largest_lead(Some(Duration::from_millis(100)));
     // Drift, plus one poll of the fast subtask, plus what is in flight.
     assert!(aligned <= 400, "with 100 ms alignment the lead stays small: {aligned}");

@@ -135,10 +135,12 @@ pub(crate) struct SourceTask<T: Data> {
 /// The latest watermark of every subtask of one source (`i64::MAX` when finished or idle).
 pub(crate) type AlignmentGroup = Arc<parking_lot::Mutex<Vec<i64>>>;
 
-/// Whether `own` is more than `drift` ahead of the slowest subtask that has a watermark.
+/// Whether `own` is more than `drift` ahead of the slowest subtask. A subtask without a watermark
+/// yet (not started, or no data) counts as the slowest of all, so a fast subtask cannot run ahead
+/// before a slow one has even begun; it stops counting once it is idle or finished.
 fn too_far_ahead(group: &AlignmentGroup, own: i64, drift: i64) -> bool {
     let slowest = group.lock().iter().copied().min();
-    slowest.is_some_and(|m| m > i64::MIN && m < MAX_WATERMARK && own > m.saturating_add(drift))
+    own > i64::MIN && slowest.is_some_and(|m| m < MAX_WATERMARK && own > m.saturating_add(drift))
 }
 
 /// A source task with its type erased, so the executor can run any of them.

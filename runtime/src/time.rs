@@ -94,7 +94,9 @@ impl<T> WatermarkStrategy<T> {
     /// Watermark alignment (Flink's `withWatermarkAlignment`): a source subtask whose watermark is
     /// more than `max_drift` ahead of the slowest subtask of the same source pauses until that one
     /// catches up, so that state waiting for the slowest input (windows, joins) does not grow with
-    /// the skew between subtasks. Finished and idle subtasks do not hold the others back.
+    /// the skew between subtasks. A subtask without a watermark yet holds the others back until it
+    /// has one; finished and idle subtasks do not. So every subtask must produce data, finish, or
+    /// become idle (`with_idleness`) — a subtask that waits forever without data stalls the others.
     pub fn with_watermark_alignment(mut self, max_drift: Duration) -> Self {
         self.alignment_ms = Some(max_drift.as_millis() as i64);
         self
