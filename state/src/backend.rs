@@ -160,11 +160,6 @@ impl StateMemory {
         StateMemory { cache, write_buffers, memtable_bytes: memtables, write_cache_bytes: bytes / 4 / backends.max(1) }
     }
 
-    /// Bytes of RocksDB's block cache and memtables in use.
-    pub fn rocksdb_usage(&self) -> usize {
-        self.cache.get_usage()
-    }
-
     fn cf_options(&self) -> Options {
         let mut opts = cf_options();
         let mut table = rocksdb::BlockBasedOptions::default();

@@ -320,11 +320,18 @@ impl<K: Data, C: WindowContents, O: Data> WindowOperator<K, C, O> {
     }
 
     fn fire(&self, key: &K, w: &TimeWindow, ns: &[u8], ctx: &mut KeyedContext, out: &mut Collector<O>) -> Result<()> {
-        if let Some(content) = self.contents.get(ctx, ns)? {
+        let content = self.contents.get(ctx, ns)?;
+        self.emit_window(key, w, content, out);
+        Ok(())
+    }
+
+    /// Hands a fired window's content (if it has any) to the window function, stamped with the
+    /// window's last timestamp.
+    fn emit_window(&self, key: &K, w: &TimeWindow, content: Option<C::Content>, out: &mut Collector<O>) {
+        if let Some(content) = content {
             out.set_timestamp(Some(w.max_timestamp()));
             (self.emit)(key, w, content, out);
         }
-        Ok(())
     }
 
     fn late_record(&self, r: Record<C::In>, out: &mut Collector<O>) {
@@ -360,7 +367,7 @@ impl<K: Data, C: WindowContents, O: Data> WindowOperator<K, C, O> {
             while end <= start + size {
                 if end - 1 > wm {
                     let w = TimeWindow::new(end - size, end);
-                    ctx.register_timer_in(TimeDomain::EventTime, w.max_timestamp(), &w.encode())?;
+                    self.register(ctx, &w, &w.encode())?;
                 }
                 end += slide;
             }
@@ -377,10 +384,8 @@ impl<K: Data, C: WindowContents, O: Data> WindowOperator<K, C, O> {
         ctx: &mut KeyedContext,
         out: &mut Collector<O>,
     ) -> Result<()> {
-        if let Some(content) = self.contents.take_window(ctx, w, slide)? {
-            out.set_timestamp(Some(w.max_timestamp()));
-            (self.emit)(key, w, content, out);
-        }
+        let content = self.contents.take_window(ctx, w, slide)?;
+        self.emit_window(key, w, content, out);
         Ok(())
     }
 
