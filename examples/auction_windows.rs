@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
+use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
 /// Counts Nexmark bids per auction in tumbling event-time windows and writes
@@ -41,19 +42,6 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     input_topic: Option<String>,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, value_name = "HOST:PORT")]
-    brokers: Option<String>,
-
-    /// Where Kafka partitions start without a checkpoint: earliest, latest, committed or
-    /// timestamp:MS.
-    #[arg(long, value_name = "WHERE", default_value = "earliest")]
-    start_offsets: weir::operators::kafka::StartOffsets,
-
-    /// Read the topic up to the end offsets seen at the first start, then finish.
-    #[arg(long)]
-    stop_at_end: bool,
-
     /// Directory for the result part files.
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -62,21 +50,6 @@ struct Cli {
     /// this Kafka topic.
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     output_topic: Option<String>,
-
-    /// How rows reach --output-topic: at-least-once, exactly-once-publish (any broker) or
-    /// exactly-once-txn (a Kafka transaction per checkpoint; needs full transaction support).
-    /// Both exactly-once modes need checkpoints.
-    #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
-    delivery: weir::operators::kafka::Delivery,
-
-    /// exactly-once-txn: the producers' transaction.timeout.ms; must exceed --checkpoint-interval
-    /// + --min-pause + --checkpoint-timeout.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
-    transaction_timeout: Duration,
-
-    /// exactly-once-txn: transactional ids are PREFIX-<uid>-<subtask>.
-    #[arg(long, value_name = "PREFIX", default_value = "weir")]
-    transactional_id_prefix: String,
 
     /// Allowed out-of-orderness: the watermark trails the highest event time by this much.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
@@ -116,6 +89,9 @@ struct Cli {
     /// Generator: move each bid's event time back by up to this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0, requires = "generate")]
     disorder_ms: u64,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
 
     #[command(flatten)]
     job: JobArgs,
@@ -164,19 +140,7 @@ impl AggregateFunction for CountMax {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let to_kafka = cli.output_topic.is_some() || cli.dead_letter_topic.is_some();
-    if to_kafka && cli.delivery == weir::operators::kafka::Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
-        clap::Command::new("auction_windows")
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
-            )
-            .exit();
-    }
-    if to_kafka && cli.delivery == weir::operators::kafka::Delivery::ExactlyOnceTxn {
-        if let Err(e) = weir::operators::kafka::check_transaction_timeout(cli.transaction_timeout, &cli.job) {
-            clap::Command::new("auction_windows").error(clap::error::ErrorKind::ArgumentConflict, e).exit();
-        }
-    }
+    cli.kafka.check(&cli.job, to_kafka).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     init_logging();
     let env = StreamEnv::new(cli.job.clone());
     let delay = Duration::from_millis(cli.max_delay_ms);
@@ -186,11 +150,8 @@ fn main() -> Result<()> {
 
     let bids: DataStream<BidIn> = match (&cli.input, cli.generate) {
         _ if cli.input_topic.is_some() => {
-            let (topic, brokers) =
-                (cli.input_topic.as_deref().unwrap_or_default(), cli.brokers.as_deref().unwrap_or_default());
-            let mut source = weir::operators::kafka::KafkaSource::<BidIn>::json(brokers, topic)
-                .start_offsets(cli.start_offsets)
-                .stop_at_end(cli.stop_at_end);
+            let topic = cli.input_topic.as_deref().unwrap_or_default();
+            let mut source = cli.kafka.json_source::<BidIn>(topic);
             if let Some(rate) = cli.rate {
                 source = source.rate_limit(rate);
             }
@@ -241,10 +202,7 @@ fn main() -> Result<()> {
             letters.write_files(FileSink::json_lines(dir)).uid("dead-letter-sink");
         }
         if let Some(topic) = &cli.dead_letter_topic {
-            let brokers = cli.brokers.as_deref().unwrap_or_default();
-            let sink = weir::operators::kafka::KafkaSink::new(brokers, topic, cli.delivery, |d: &DeadLetter| {
-                (None, serde_json::to_string(d).unwrap_or_default())
-            });
+            let sink = cli.kafka.sink(topic, |d: &DeadLetter| (None, serde_json::to_string(d).unwrap_or_default()));
             letters.write_kafka(sink).uid("dead-letter-topic-sink");
         }
     }
@@ -262,12 +220,9 @@ fn main() -> Result<()> {
         rows.write_files(FileSink::csv(dir)).uid("window-sink").set_parallelism(window_parallelism);
     }
     if let Some(topic) = &cli.output_topic {
-        let brokers = cli.brokers.as_deref().unwrap_or_default();
-        let sink = weir::operators::kafka::KafkaSink::new(brokers, topic, cli.delivery, |r: &WindowRow| {
+        let sink = cli.kafka.sink(topic, |r: &WindowRow| {
             (Some(r.auction.to_string()), format!("{},{},{},{}", r.window_start, r.auction, r.count, r.max_price))
-        })
-        .transaction_timeout(cli.transaction_timeout)
-        .transactional_id_prefix(&cli.transactional_id_prefix);
+        });
         rows.write_kafka(sink).uid("kafka-sink").set_parallelism(window_parallelism);
     }
     if let Some(dir) = &cli.late_output {

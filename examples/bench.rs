@@ -9,12 +9,13 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use weir::operators::sources::nexmark::{bid_event_number, generate_event};
 use weir::prelude::*;
+
+mod measure;
 
 /// Measures auction_windows: bids/s and peak RSS, median of several runs.
 #[derive(Parser, Debug)]
@@ -44,7 +45,6 @@ struct Run {
 }
 
 fn run_child(cmd: &mut Command) -> Result<Run> {
-    let started = Instant::now();
     let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().context("starting auction_windows")?;
     let mut pipe = child.stderr.take().context("stderr")?;
     let reader = std::thread::spawn(move || {
@@ -52,20 +52,12 @@ fn run_child(cmd: &mut Command) -> Result<Run> {
         let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
         s
     });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our own child, and status/usage point to live locals.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let secs = started.elapsed().as_secs_f64();
-    if pid < 0 {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
+    let run = measure::wait_measured(&child).context("waiting for auction_windows")?;
     let stderr = reader.join().unwrap_or_default();
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("auction_windows failed with status {status}: {stderr}");
+    if !run.status.success() {
+        bail!("auction_windows failed with {}: {stderr}", run.status);
     }
-    Ok(Run { secs, max_rss_kib: usage.ru_maxrss, stderr })
+    Ok(Run { secs: run.secs, max_rss_kib: run.max_rss_kib, stderr })
 }
 
 /// `(duration_ms, size_bytes, incremental_bytes)` of every periodic checkpoint in a job's log.
@@ -80,12 +72,8 @@ fn checkpoints(log: &str) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
+fn percentile(v: Vec<f64>, p: f64) -> f64 {
+    measure::percentile(v, p).unwrap_or(f64::NAN)
 }
 
 fn write_bids(path: &Path, n: u64) -> Result<()> {

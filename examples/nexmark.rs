@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 use weir::prelude::*;
 use weir::runtime::KeyedCoOperator;
 
+mod measure;
+use measure::percentile;
+
 // The allocator matters for a runtime that moves millions of small records a second: mimalloc
 // halves the time glibc's malloc takes here (see the README's performance notes).
 #[global_allocator]
@@ -671,18 +674,11 @@ fn run_child(cmd: &mut Command) -> Result<Child> {
     let out_file = tempfile::NamedTempFile::new()?;
     let err_file = tempfile::NamedTempFile::new()?;
     let child = cmd.stdout(out_file.reopen()?).stderr(err_file.reopen()?).spawn().context("starting a run")?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our own child, and status/usage point to live locals.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    if pid < 0 {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
+    let run = measure::wait_measured(&child).context("waiting for a run")?;
     let stdout = std::fs::read_to_string(out_file.path())?;
     let stderr = std::fs::read_to_string(err_file.path())?;
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("the run failed with status {status}: {stderr}");
+    if !run.status.success() {
+        bail!("the run failed with {}: {stderr}", run.status);
     }
     let line = stdout.lines().last().context("the run printed no summary")?;
     let summary: Summary = serde_json::from_str(line).with_context(|| format!("summary line {line:?}"))?;
@@ -694,15 +690,7 @@ fn run_child(cmd: &mut Command) -> Result<Child> {
             rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
         })
         .collect();
-    Ok(Child { summary, max_rss_kib: usage.ru_maxrss, checkpoint_ms })
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[((v.len() - 1) as f64 * p).round() as usize])
+    Ok(Child { summary, max_rss_kib: run.max_rss_kib, checkpoint_ms })
 }
 
 fn bench(b: BenchArgs) -> Result<()> {

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use station::{Change, HourRow, Reading};
-use weir::operators::kafka::{Delivery, KafkaSink, KafkaSource, StartOffsets};
+use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
 mod station;
@@ -43,19 +43,6 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     input_topic: Option<String>,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, value_name = "HOST:PORT")]
-    brokers: Option<String>,
-
-    /// Where Kafka partitions start without a checkpoint: earliest, latest, committed or
-    /// timestamp:MS.
-    #[arg(long, value_name = "WHERE", default_value = "earliest")]
-    start_offsets: StartOffsets,
-
-    /// Read the topic up to the end offsets seen at the first start, then finish.
-    #[arg(long)]
-    stop_at_end: bool,
-
     /// Directory for the Parquet output (year=/month=/day=/hour= subdirectories).
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -63,10 +50,6 @@ struct Cli {
     /// Also write each row as a JSON object to this Kafka topic (key: the station).
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     output_topic: Option<String>,
-
-    /// How rows reach --output-topic: at-least-once or exactly-once-publish (needs checkpoints).
-    #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
-    delivery: Delivery,
 
     /// Allowed out-of-orderness of readings: the watermark trails the newest event time by this.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
@@ -87,19 +70,15 @@ struct Cli {
     rate: Option<u64>,
 
     #[command(flatten)]
+    kafka: KafkaArgs,
+
+    #[command(flatten)]
     job: JobArgs,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if cli.output_topic.is_some() && cli.delivery == Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
-        clap::Command::new("station_hourly")
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
-            )
-            .exit();
-    }
+    cli.kafka.check(&cli.job, cli.output_topic.is_some()).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     init_logging();
     let env = StreamEnv::new(cli.job.clone());
     let malformed = OutputTag::<DeadLetter>::new("dead-letters");
@@ -107,11 +86,9 @@ fn main() -> Result<()> {
     let strategy = WatermarkStrategy::for_bounded_out_of_orderness(cli.max_delay)
         .with_timestamp_assigner(|r: &Reading| r.event_time);
 
-    let readings = match (&cli.input, &cli.input_topic, &cli.brokers) {
-        (_, Some(topic), Some(brokers)) => {
-            let mut source = KafkaSource::<Reading>::json(brokers, topic)
-                .start_offsets(cli.start_offsets)
-                .stop_at_end(cli.stop_at_end);
+    let readings = match (&cli.input, &cli.input_topic) {
+        (_, Some(topic)) => {
+            let mut source = cli.kafka.json_source::<Reading>(topic);
             if let Some(rate) = cli.rate {
                 source = source.rate_limit(rate);
             }
@@ -120,7 +97,7 @@ fn main() -> Result<()> {
             }
             env.add_source("readings", source, strategy)
         }
-        (Some(path), _, _) => {
+        (Some(path), _) => {
             let mut source = FileSource::<Reading>::json_lines(path).skip_blank_lines();
             if let Some(rate) = cli.rate {
                 source = source.rate_limit(rate);
@@ -143,10 +120,10 @@ fn main() -> Result<()> {
     if let Some(dir) = &cli.output {
         hours.write_files(station::parquet_sink(dir)).uid("parquet-sink");
     }
-    if let (Some(topic), Some(brokers)) = (&cli.output_topic, &cli.brokers) {
-        let sink = KafkaSink::new(brokers, topic, cli.delivery, |r: &HourRow| {
-            (Some(r.station_id.clone()), serde_json::to_string(r).unwrap_or_default())
-        });
+    if let Some(topic) = &cli.output_topic {
+        let sink = cli
+            .kafka
+            .sink(topic, |r: &HourRow| (Some(r.station_id.clone()), serde_json::to_string(r).unwrap_or_default()));
         hours.write_kafka(sink).uid("kafka-sink");
     }
     if let Some(dir) = &cli.late_output {

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
-use weir::operators::kafka::{Delivery, KafkaSink, KafkaSource, StartOffsets};
+use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
 /// Counts words and writes `word,count` rows as CSV part files, to a Kafka topic and/or as a
@@ -42,19 +42,6 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     input_topic: Option<String>,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, value_name = "HOST:PORT")]
-    brokers: Option<String>,
-
-    /// Where Kafka partitions start without a checkpoint: earliest, latest, committed or
-    /// timestamp:MS.
-    #[arg(long, value_name = "WHERE", default_value = "earliest")]
-    start_offsets: StartOffsets,
-
-    /// Read --input-topic up to the end offsets seen at the first start, then finish.
-    #[arg(long)]
-    stop_at_end: bool,
-
     /// Lines per second per source subtask [default: as fast as possible].
     #[arg(long, value_name = "N")]
     rate: Option<u64>,
@@ -66,10 +53,6 @@ struct Cli {
     /// Write rows as the text `word,count` (key: the word) to this Kafka topic.
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     output_topic: Option<String>,
-
-    /// How rows reach --output-topic: at-least-once or exactly-once-publish (needs checkpoints).
-    #[arg(long, value_name = "MODE", default_value = "exactly-once-publish")]
-    delivery: Delivery,
 
     /// Print the whole table of counts to standard output every --trigger, like Spark's console
     /// sink in complete mode.
@@ -83,6 +66,9 @@ struct Cli {
     /// Rows --console shows, most frequent words first.
     #[arg(long, value_name = "N", default_value_t = 20)]
     console_rows: usize,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
 
     #[command(flatten)]
     job: JobArgs,
@@ -100,9 +86,9 @@ fn words(line: String) -> Vec<String> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    cli.kafka.check(&cli.job, cli.output_topic.is_some()).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     init_logging();
     let env = StreamEnv::new(cli.job.clone());
-    let brokers = cli.brokers.clone().unwrap_or_default();
     let (lines, bounded) = match (&cli.input, &cli.socket, &cli.input_topic) {
         (Some(path), _, _) => {
             let mut source = FileSource::text_lines(path);
@@ -115,12 +101,11 @@ fn main() -> Result<()> {
             (env.add_source("lines", SocketSource::new(addr), WatermarkStrategy::no_watermarks()), false)
         }
         (_, _, Some(topic)) => {
-            let mut source =
-                KafkaSource::text(&brokers, topic).start_offsets(cli.start_offsets).stop_at_end(cli.stop_at_end);
+            let mut source = cli.kafka.text_source(topic);
             if let Some(rate) = cli.rate {
                 source = source.rate_limit(rate);
             }
-            (env.add_source("lines", source, WatermarkStrategy::no_watermarks()), cli.stop_at_end)
+            (env.add_source("lines", source, WatermarkStrategy::no_watermarks()), cli.kafka.stop_at_end)
         }
         _ => unreachable!("clap requires --input, --socket or --input-topic"),
     };
@@ -153,17 +138,7 @@ fn main() -> Result<()> {
         counts.print_table(table).uid("console");
     }
     if let Some(topic) = &cli.output_topic {
-        if cli.delivery == Delivery::ExactlyOncePublish && !cli.job.checkpointing() {
-            clap::Command::new("wordcount")
-                .error(
-                    clap::error::ErrorKind::MissingRequiredArgument,
-                    "--delivery exactly-once-publish needs --checkpoint-dir and --checkpoint-interval",
-                )
-                .exit();
-        }
-        let sink = KafkaSink::new(&brokers, topic, cli.delivery, |r: &WordCount| {
-            (Some(r.word.clone()), format!("{},{}", r.word, r.count))
-        });
+        let sink = cli.kafka.sink(topic, |r: &WordCount| (Some(r.word.clone()), format!("{},{}", r.word, r.count)));
         counts.write_kafka(sink).uid("kafka-sink");
     }
     let result = env.execute("wordcount")?;

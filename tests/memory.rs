@@ -2,13 +2,15 @@
 //! peak RSS under the budget (RocksDB spills to disk) and still computes the right result.
 
 mod common;
+#[path = "../examples/measure/mod.rs"]
+mod measure;
 
 use std::process::{Command, Stdio};
 
 use common::example;
 
 #[test]
-// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+// measure::wait_measured reaps the child with wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn peak_rss_stays_under_the_budget_with_state_ten_times_larger() {
     const BUDGET_MIB: u64 = 192;
@@ -27,23 +29,17 @@ fn peak_rss_stays_under_the_budget_with_state_ten_times_larger() {
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let id = child.id() as i32;
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
         s
     });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child; status and usage are live locals.
-    let pid = unsafe { libc::wait4(id, &mut status, 0, &mut usage) };
-    assert_eq!(pid, id);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the job failed: {status}");
+    let run = measure::wait_measured(&child).unwrap();
+    assert!(run.status.success(), "the job failed: {}", run.status);
     let summary: serde_json::Value = serde_json::from_str(reader.join().unwrap().lines().last().unwrap()).unwrap();
 
     let state_mib = summary["state_bytes"].as_u64().unwrap() >> 20;
-    let peak_mib = usage.ru_maxrss as u64 / 1024;
+    let peak_mib = run.max_rss_kib as u64 / 1024;
     eprintln!("state {state_mib} MiB, peak RSS {peak_mib} MiB, budget {BUDGET_MIB} MiB");
     assert!(state_mib >= 10 * BUDGET_MIB, "the state ({state_mib} MiB) is ten times the budget");
     assert!(peak_mib < BUDGET_MIB, "peak RSS {peak_mib} MiB exceeds the {BUDGET_MIB} MiB budget");

@@ -588,25 +588,35 @@ impl KeyedStateBackend {
         Ok(())
     }
 
-    pub(crate) fn raw_get(&mut self, id: usize, ns: &[u8], extra: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Runs `f` on the stored value of state `id` (`None` when absent) without copying it out of
+    /// the write cache: per-record reads decode straight from the cached bytes.
+    pub(crate) fn raw_get_with<R>(
+        &mut self,
+        id: usize,
+        ns: &[u8],
+        extra: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R>,
+    ) -> Result<R> {
         self.with_full_key(id, ns, extra, |b, k| {
             if let Some(e) = b.cache.map.get(k) {
-                return Ok(e.value.clone());
+                return f(e.value.as_deref());
             }
             let cf = b.cf(&b.states[id].name)?;
             let v = b.db.get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec());
+            let r = f(v.as_deref())?;
             if b.cache.limit > 0 {
                 let stored = v.is_some();
-                b.cache_store(k, v.clone(), false, stored)?;
+                b.cache_store(k, v, false, stored)?;
             }
-            Ok(v)
+            Ok(r)
         })
     }
 
-    pub(crate) fn raw_put(&mut self, id: usize, ns: &[u8], extra: &[u8], value: &[u8]) -> Result<()> {
+    /// Stores `value` (taken, so that the write cache keeps it without a copy).
+    pub(crate) fn raw_put(&mut self, id: usize, ns: &[u8], extra: &[u8], value: Vec<u8>) -> Result<()> {
         self.with_full_key(id, ns, extra, |b, k| {
             if b.cache.limit > 0 {
-                return b.cache_store(k, Some(value.to_vec()), true, true);
+                return b.cache_store(k, Some(value), true, true);
             }
             let cf = b.cf(&b.states[id].name)?;
             Ok(b.db.put_cf_opt(cf, &k[2..], value, &b.wo)?)

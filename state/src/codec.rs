@@ -17,6 +17,10 @@ pub trait Codec {
     fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()>;
     /// Decodes one value from the front of `bytes`, advancing the slice past it.
     fn decode_from<T: DeserializeOwned>(bytes: &mut &[u8]) -> Result<T>;
+    /// Decodes the value at the front of `bytes` when nothing after it is needed.
+    fn decode<T: DeserializeOwned>(mut bytes: &[u8]) -> Result<T> {
+        Self::decode_from(&mut bytes)
+    }
     /// Decodes one value to a JSON value without knowing its Rust type.
     fn decode_json(bytes: &mut &[u8]) -> Result<serde_json::Value>;
 }
@@ -34,6 +38,12 @@ impl Codec for MsgPack {
     fn decode_from<T: DeserializeOwned>(bytes: &mut &[u8]) -> Result<T> {
         let mut de = rmp_serde::Deserializer::new(bytes);
         serde::Deserialize::deserialize(&mut de).context("decoding state with MessagePack")
+    }
+
+    // Reads strings and byte arrays straight from the slice: decode_from's reader (which must
+    // report how far it got) copies each one into a scratch buffer first.
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+        rmp_serde::from_slice(bytes).context("decoding state with MessagePack")
     }
 
     fn decode_json(bytes: &mut &[u8]) -> Result<serde_json::Value> {
@@ -58,8 +68,8 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 }
 
 /// Decodes a whole buffer with the default codec.
-pub fn decode<T: DeserializeOwned>(mut bytes: &[u8]) -> Result<T> {
-    DefaultCodec::decode_from(&mut bytes)
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    DefaultCodec::decode(bytes)
 }
 
 /// Appends `value` to `buf` with the default codec.

@@ -82,21 +82,39 @@ fn encode_value<T: Serialize + ?Sized>(
 
 /// Reads one value of state `id`, honouring TTL (expired entries are deleted and not returned).
 fn read_value<T: DeserializeOwned>(b: &mut KeyedStateBackend, id: usize, ns: &[u8], extra: &[u8]) -> Result<Option<T>> {
-    let Some(bytes) = b.raw_get(id, ns, extra)? else { return Ok(None) };
     let ttl = b.meta(id).ttl;
-    let (expiry, mut payload) = split_ttl(&bytes, ttl.as_ref())?;
-    if let (Some(expiry), Some(ttl)) = (expiry, ttl) {
-        if expiry <= b.now() {
-            b.raw_delete(id, ns, extra)?;
-            return Ok(None);
+    let Some(ttl) = ttl else {
+        return b.raw_get_with(id, ns, extra, |bytes| bytes.map(codec::decode).transpose());
+    };
+    let now = b.now();
+    let refreshed_expiry = ttl.update_on_read.then(|| now_expiry(b, &ttl));
+    // (value, the entry with a refreshed expiry) of a live entry; Some(None) when it expired.
+    let read = b.raw_get_with(id, ns, extra, |bytes| {
+        let Some(bytes) = bytes else { return Ok(None) };
+        let (expiry, payload) = split_ttl(bytes, Some(&ttl))?;
+        if expiry.is_some_and(|e| e <= now) {
+            return Ok(Some(None));
         }
-        if ttl.update_on_read {
-            let mut refreshed = now_expiry(b, &ttl).to_be_bytes().to_vec();
-            refreshed.extend_from_slice(payload);
-            b.raw_put(id, ns, extra, &refreshed)?;
+        let refreshed = refreshed_expiry.map(|e| {
+            let mut r = e.to_be_bytes().to_vec();
+            r.extend_from_slice(payload);
+            r
+        });
+        Ok(Some(Some((codec::decode::<T>(payload)?, refreshed))))
+    })?;
+    match read {
+        None => Ok(None),
+        Some(None) => {
+            b.raw_delete(id, ns, extra)?;
+            Ok(None)
+        }
+        Some(Some((value, refreshed))) => {
+            if let Some(r) = refreshed {
+                b.raw_put(id, ns, extra, r)?;
+            }
+            Ok(Some(value))
         }
     }
-    Ok(Some(codec::decode_from(&mut payload)?))
 }
 
 fn write_value<T: Serialize + ?Sized>(
@@ -108,7 +126,7 @@ fn write_value<T: Serialize + ?Sized>(
 ) -> Result<()> {
     let ttl = b.meta(id).ttl;
     let bytes = encode_value(b, ttl.as_ref(), value)?;
-    b.raw_put(id, ns, extra, &bytes)
+    b.raw_put(id, ns, extra, bytes)
 }
 
 macro_rules! descriptor {
@@ -295,22 +313,25 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
     }
     /// All live elements in insertion order.
     pub fn get(&mut self) -> Result<Vec<T>> {
-        let Some(bytes) = self.b.raw_get(self.id, &self.ns, &[])? else { return Ok(Vec::new()) };
         let ttl = self.b.meta(self.id).ttl;
-        let now = self.b.now();
-        let mut rest = &bytes[..];
-        let mut out = Vec::new();
-        let mut expired = 0;
-        while !rest.is_empty() {
-            let (expiry, payload) = split_ttl(rest, ttl.as_ref())?;
-            let mut p = payload;
-            let v: T = codec::decode_from(&mut p)?;
-            rest = p;
-            match expiry {
-                Some(e) if e <= now => expired += 1,
-                _ => out.push(v),
+        // The clock is only read for entries that can expire.
+        let now = if ttl.is_some() { self.b.now() } else { i64::MAX };
+        let (out, expired) = self.b.raw_get_with(self.id, &self.ns, &[], |bytes| {
+            let mut rest = bytes.unwrap_or_default();
+            let mut out = Vec::new();
+            let mut expired = 0;
+            while !rest.is_empty() {
+                let (expiry, payload) = split_ttl(rest, ttl.as_ref())?;
+                let mut p = payload;
+                let v: T = codec::decode_from(&mut p)?;
+                rest = p;
+                match expiry {
+                    Some(e) if e <= now => expired += 1,
+                    _ => out.push(v),
+                }
             }
-        }
+            Ok((out, expired))
+        })?;
         if expired > 0 {
             self.update(&out)?;
         }
@@ -326,7 +347,7 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
         if bytes.is_empty() {
             self.clear()
         } else {
-            self.b.raw_put(self.id, &self.ns, &[], &bytes)
+            self.b.raw_put(self.id, &self.ns, &[], bytes)
         }
     }
     /// Removes the list.
@@ -375,12 +396,12 @@ impl<UK: Serialize + DeserializeOwned, UV: Serialize + DeserializeOwned> MapStat
         let now = self.b.now();
         let mut out = Vec::with_capacity(raw.len());
         for (k, v) in raw {
-            let (expiry, mut payload) = split_ttl(&v, ttl.as_ref())?;
+            let (expiry, payload) = split_ttl(&v, ttl.as_ref())?;
             if matches!(expiry, Some(e) if e <= now) {
                 self.b.raw_delete(self.id, &self.ns, &k)?;
                 continue;
             }
-            out.push((codec::decode(&k)?, codec::decode_from(&mut payload)?));
+            out.push((codec::decode(&k)?, codec::decode(payload)?));
         }
         Ok(out)
     }

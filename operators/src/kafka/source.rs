@@ -170,6 +170,10 @@ struct KafkaReader<T> {
     consumer: BaseConsumer,
     partitions: BTreeMap<i32, PartitionState>,
     finished: Vec<i32>,
+    /// Partitions are assigned at the first poll, once a restore has set the offsets: assigning
+    /// at creation and again on restore made librdkafka stop partitions that were still starting,
+    /// which can abort the process in its teardown (librdkafka#5573).
+    assigned: bool,
     registered: bool,
     snapshots: BTreeMap<u64, Vec<(i32, i64)>>,
     pace: Option<crate::sources::Pace>,
@@ -254,17 +258,21 @@ impl<T: Data> Source<T> for KafkaSource<T> {
             consumer,
             partitions,
             finished: Vec::new(),
+            assigned: false,
             registered: false,
             snapshots: BTreeMap::new(),
             pace: self.rate.map(crate::sources::Pace::new),
         };
-        reader.assign()?;
         Ok(Box::new(reader))
     }
 }
 
 impl<T: Data> SourceReader<T> for KafkaReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll> {
+        if !self.assigned {
+            self.assign()?;
+            self.assigned = true;
+        }
         if !self.registered {
             for p in self.partitions.keys() {
                 out.register_split(*p as u64);
@@ -340,7 +348,7 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
                 *st = r;
             }
         }
-        self.assign()
+        Ok(())
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
