@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::keygroup::{key_group_of, KeyGroupRange};
 
@@ -273,11 +273,49 @@ impl Drop for KeyedStateBackend {
 /// A cached entry: `None` means deleted; `dirty` entries still have to reach RocksDB.
 struct CacheEntry {
     value: Option<Vec<u8>>,
+    /// The value as a live Rust object, updated in place by read-modify-write accesses
+    /// ([`KeyedStateBackend::raw_update_with`]) and encoded only when the cache is flushed or the
+    /// bytes are read; when set it supersedes `value`.
+    object: Option<Box<dyn StateObject>>,
     dirty: bool,
     /// RocksDB may hold a value for the key. When it certainly does not (a read found nothing),
     /// deleting the entry again needs no tombstone: window state that lives and dies between two
     /// flushes never reaches RocksDB.
     stored: bool,
+    /// The bytes this entry counts against the cache's budget.
+    accounted: usize,
+}
+
+impl CacheEntry {
+    /// Turns a live object back into bytes (for readers of bytes and for flushes).
+    fn materialize(&mut self) -> Result<()> {
+        if let Some(obj) = self.object.take() {
+            self.value = obj.encode()?;
+        }
+        Ok(())
+    }
+}
+
+/// A state value held decoded in the write cache: `None` inside means deleted.
+trait StateObject: Send {
+    fn encode(&self) -> Result<Option<Vec<u8>>>;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+struct Object<T>(Option<T>);
+
+impl<T: Serialize + Send + 'static> StateObject for Object<T> {
+    fn encode(&self) -> Result<Option<Vec<u8>>> {
+        self.0.as_ref().map(crate::codec::encode).transpose()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// What an entry of `key_len` holding `value_len` bytes counts against the cache budget.
+fn entry_cost(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + 48
 }
 
 /// Hot state entries kept in memory between flushes, so that the read-modify-write of every
@@ -518,7 +556,8 @@ impl KeyedStateBackend {
             return Ok(());
         }
         let mut batch = rocksdb::WriteBatch::default();
-        for (k, e) in self.cache.map.drain() {
+        for (k, mut e) in self.cache.map.drain() {
+            e.materialize()?;
             if !e.dirty || (e.value.is_none() && !e.stored) {
                 continue;
             }
@@ -562,30 +601,99 @@ impl KeyedStateBackend {
 
     /// `stored`: whether RocksDB may hold the key, for entries new to the cache.
     fn cache_store(&mut self, key: &[u8], value: Option<Vec<u8>>, dirty: bool, stored: bool) -> Result<()> {
-        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 48;
+        let cost = entry_cost(key.len(), value.as_ref().map_or(0, Vec::len));
         match self.cache.map.get_mut(key) {
             Some(e) if value.is_none() && !e.stored => {
                 // Deleted before it ever reached RocksDB: forget it (no tombstone, no memory).
-                let gone = key.len() + e.value.as_ref().map_or(0, Vec::len) + 48;
+                let gone = e.accounted;
                 self.cache.map.remove(key);
                 self.cache.bytes = self.cache.bytes.saturating_sub(gone);
                 return Ok(());
             }
             Some(e) => {
-                self.cache.bytes += value.as_ref().map_or(0, Vec::len);
-                self.cache.bytes = self.cache.bytes.saturating_sub(e.value.as_ref().map_or(0, Vec::len));
+                self.cache.bytes = (self.cache.bytes + cost).saturating_sub(e.accounted);
+                e.accounted = cost;
                 e.value = value;
+                e.object = None;
                 e.dirty |= dirty;
             }
             None => {
-                self.cache.bytes += size;
-                self.cache.map.insert(key.to_vec(), CacheEntry { value, dirty, stored });
+                self.cache.bytes += cost;
+                self.cache.map.insert(key.to_vec(), CacheEntry { value, object: None, dirty, stored, accounted: cost });
             }
         }
         if self.cache.bytes > self.cache.limit {
             self.flush_cache()?;
         }
         Ok(())
+    }
+
+    /// Read-modify-write of the value of state `id` (`None`: absent; leave `None` to delete it)
+    /// without encoding or decoding it on every call: the value stays a live object in the write
+    /// cache until the next flush. Only for states without TTL.
+    pub(crate) fn raw_update_with<T, R>(
+        &mut self,
+        id: usize,
+        ns: &[u8],
+        extra: &[u8],
+        f: impl FnOnce(&mut Option<T>) -> R,
+    ) -> Result<R>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.with_full_key(id, ns, extra, |b, k| {
+            if b.cache.limit == 0 {
+                let cf = b.cf(&b.states[id].name)?;
+                let mut v: Option<T> =
+                    b.db.get_pinned_cf(cf, &k[2..])?.map(|v| crate::codec::decode(&v)).transpose()?;
+                let r = f(&mut v);
+                match v {
+                    Some(v) => b.db.put_cf_opt(cf, &k[2..], crate::codec::encode(&v)?, &b.wo)?,
+                    None => b.db.delete_cf_opt(cf, &k[2..], &b.wo)?,
+                }
+                return Ok(r);
+            }
+            // Objects are charged their inline size plus the encoded size they were read with (at
+            // least 64 bytes for their heap parts): an estimate, as a value that grows in place
+            // is charged its first size until the next flush empties the cache.
+            let object_cost = |encoded: usize| entry_cost(k.len(), std::mem::size_of::<T>() + encoded.max(64));
+            if let Some(e) = b.cache.map.get_mut(k) {
+                if let Some(obj) = e.object.as_mut() {
+                    if let Some(o) = obj.as_any_mut().downcast_mut::<Object<T>>() {
+                        e.dirty = true;
+                        return Ok(f(&mut o.0));
+                    }
+                    // The same state read as another type: go through its bytes.
+                    e.materialize()?;
+                }
+                let mut v: Option<T> = e.value.as_deref().map(crate::codec::decode).transpose()?;
+                let r = f(&mut v);
+                let cost = object_cost(e.value.as_ref().map_or(0, Vec::len));
+                b.cache.bytes = (b.cache.bytes + cost).saturating_sub(e.accounted);
+                e.accounted = cost;
+                e.value = None;
+                e.object = Some(Box::new(Object(v)));
+                e.dirty = true;
+                return Ok(r);
+            }
+            let cf = b.cf(&b.states[id].name)?;
+            let (mut v, encoded): (Option<T>, usize) = match b.db.get_pinned_cf(cf, &k[2..])? {
+                Some(bytes) => (Some(crate::codec::decode(&bytes)?), bytes.len()),
+                None => (None, 0),
+            };
+            let stored = v.is_some();
+            let r = f(&mut v);
+            let cost = object_cost(encoded);
+            b.cache.bytes += cost;
+            b.cache.map.insert(
+                k.to_vec(),
+                CacheEntry { value: None, object: Some(Box::new(Object(v))), dirty: true, stored, accounted: cost },
+            );
+            if b.cache.bytes > b.cache.limit {
+                b.flush_cache()?;
+            }
+            Ok(r)
+        })
     }
 
     /// Runs `f` on the stored value of state `id` (`None` when absent) without copying it out of
@@ -598,7 +706,8 @@ impl KeyedStateBackend {
         f: impl FnOnce(Option<&[u8]>) -> Result<R>,
     ) -> Result<R> {
         self.with_full_key(id, ns, extra, |b, k| {
-            if let Some(e) = b.cache.map.get(k) {
+            if let Some(e) = b.cache.map.get_mut(k) {
+                e.materialize()?;
                 return f(e.value.as_deref());
             }
             let cf = b.cf(&b.states[id].name)?;
@@ -625,8 +734,9 @@ impl KeyedStateBackend {
 
     pub(crate) fn raw_merge(&mut self, id: usize, ns: &[u8], value: &[u8]) -> Result<()> {
         self.with_full_key(id, ns, &[], |b, k| {
-            if let Some(e) = b.cache.map.get(k) {
+            if let Some(e) = b.cache.map.get_mut(k) {
                 // The only merge operator is concatenation, so the cache can apply it itself.
+                e.materialize()?;
                 let mut merged = e.value.clone().unwrap_or_default();
                 merged.extend_from_slice(value);
                 return b.cache_store(k, Some(merged), true, true);

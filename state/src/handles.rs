@@ -32,8 +32,8 @@ use crate::codec;
 pub trait AggregateFunction: Send + Sync + 'static {
     /// The input values.
     type In;
-    /// The accumulator kept in state.
-    type Acc: Serialize + DeserializeOwned;
+    /// The accumulator kept in state (between checkpoints as a live object, hence `Send`).
+    type Acc: Serialize + DeserializeOwned + Send + 'static;
     /// The result.
     type Out;
     /// A fresh accumulator.
@@ -291,6 +291,38 @@ impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
     }
 }
 
+impl<T: Serialize + DeserializeOwned + Send + 'static> ValueState<'_, T> {
+    /// Read-modify-write in place: `f` gets the value (`None` if unset) and may change, set or
+    /// take it (`None` afterwards removes it). Between checkpoints the value stays decoded in the
+    /// state's write cache, so a hot key costs no decoding or encoding per call — the way to keep
+    /// an accumulator that every record updates.
+    ///
+    /// ```
+    /// use weir_state::{KeyedStateBackend, KeyGroupRange, StateDescriptor, ValueStateDescriptor};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut b = KeyedStateBackend::open(dir.path(), KeyGroupRange::for_subtask(128, 1, 0), 128).unwrap();
+    /// let count = ValueStateDescriptor::<u64>::new("count");
+    /// b.set_current_key(&"k").unwrap();
+    /// for _ in 0..3 {
+    ///     count.bind(&mut b).unwrap().update_with(|c| *c.get_or_insert(0) += 1).unwrap();
+    /// }
+    /// assert_eq!(count.bind(&mut b).unwrap().value().unwrap(), Some(3));
+    /// ```
+    pub fn update_with<R>(&mut self, f: impl FnOnce(&mut Option<T>) -> R) -> Result<R> {
+        if self.b.meta(self.id).ttl.is_some() {
+            // Entries with TTL carry their expiry in the stored bytes.
+            let mut v = self.value()?;
+            let r = f(&mut v);
+            match &v {
+                Some(v) => self.update(v)?,
+                None => self.clear()?,
+            }
+            return Ok(r);
+        }
+        self.b.raw_update_with(self.id, &self.ns, &[], f)
+    }
+}
+
 /// An appendable list per key (and namespace); appends are RocksDB merges, no read needed.
 pub struct ListState<'a, T> {
     b: &'a mut KeyedStateBackend,
@@ -424,7 +456,7 @@ pub struct ReducingState<'a, T> {
     reduce: ReduceFn<T>,
 }
 
-impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
+impl<T: Serialize + DeserializeOwned + Send + 'static> ReducingState<'_, T> {
     /// Scopes the view to a namespace given as encoded bytes.
     pub fn in_namespace(mut self, ns: &[u8]) -> Self {
         self.inner = self.inner.in_namespace(ns);
@@ -436,11 +468,19 @@ impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
     }
     /// Folds `value` in.
     pub fn add(&mut self, value: &T) -> Result<()> {
-        let next = match self.inner.value()? {
-            Some(cur) => (self.reduce)(&cur, value),
-            None => return self.inner.update(value),
-        };
-        self.inner.update(&next)
+        let reduce = &self.reduce;
+        let first = self.inner.update_with(|cur| match cur {
+            Some(c) => {
+                *c = reduce(c, value);
+                false
+            }
+            None => true,
+        })?;
+        if first {
+            // T need not be Clone: the first value is stored as bytes, the next add decodes it.
+            self.inner.update(value)?;
+        }
+        Ok(())
     }
     /// Removes the value.
     pub fn clear(&mut self) -> Result<()> {
@@ -474,9 +514,8 @@ impl<A: AggregateFunction> AggregatingState<'_, A> {
     }
     /// Adds one value.
     pub fn add(&mut self, value: &A::In) -> Result<()> {
-        let mut acc = self.inner.value()?.unwrap_or_else(|| self.agg.create_accumulator());
-        self.agg.add(&mut acc, value);
-        self.inner.update(&acc)
+        let agg = &self.agg;
+        self.inner.update_with(|acc| agg.add(acc.get_or_insert_with(|| agg.create_accumulator()), value))
     }
     /// Removes the accumulator.
     pub fn clear(&mut self) -> Result<()> {

@@ -177,3 +177,74 @@ fn reopening_keeps_state_and_only_owned_timers_are_loaded() {
     b.set_current_key(&3u64).unwrap();
     assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), Some(30));
 }
+
+/// In-place updates (`ValueState::update_with`, which aggregating and reducing state and the window
+/// operator use) interleaved with byte reads and writes, deletes, flushes, checkpoints and
+/// reopening, against a plain map: the values the backend returns and persists are the model's.
+#[test]
+fn in_place_updates_agree_with_reads_writes_flushes_and_reopens() {
+    for limit in [0, 300, DEFAULT_CACHE_BYTES] {
+        let dir = tempfile::tempdir().unwrap();
+        let count = ValueStateDescriptor::<Vec<u64>>::new("count");
+        let mut model: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+        let mut b = Some(open(dir.path()));
+        // xorshift: a fixed, varied sequence of operations.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ limit as u64;
+        for step in 0..4000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = x % 23;
+            let be = b.as_mut().unwrap();
+            be.set_cache_limit(limit).unwrap();
+            be.set_current_key(&key).unwrap();
+            match (x >> 8) % 10 {
+                0..=4 => {
+                    let seen = count.bind(be).unwrap().update_with(|v| {
+                        let before = v.clone();
+                        v.get_or_insert_with(Vec::new).push(step);
+                        before
+                    });
+                    assert_eq!(seen.unwrap(), model.get(&key).cloned(), "limit {limit} step {step}");
+                    model.entry(key).or_default().push(step);
+                }
+                5 => {
+                    count.bind(be).unwrap().update_with(|v| *v = None).unwrap();
+                    model.remove(&key);
+                }
+                6 => assert_eq!(count.bind(be).unwrap().value().unwrap(), model.get(&key).cloned()),
+                7 => {
+                    count.bind(be).unwrap().update(&vec![step]).unwrap();
+                    model.insert(key, vec![step]);
+                }
+                8 => {
+                    count.bind(be).unwrap().clear().unwrap();
+                    model.remove(&key);
+                }
+                _ => match step % 3 {
+                    0 => be.flush_cache().unwrap(),
+                    1 => {
+                        let chk = tempfile::tempdir().unwrap();
+                        be.checkpoint_to(&chk.path().join("db")).unwrap();
+                        let mut copy = open(&chk.path().join("db"));
+                        for k in 0..23u64 {
+                            copy.set_current_key(&k).unwrap();
+                            let v = count.bind(&mut copy).unwrap().value().unwrap();
+                            assert_eq!(v, model.get(&k).cloned(), "checkpoint at step {step}, key {k}");
+                        }
+                    }
+                    _ => {
+                        drop(b.take());
+                        b = Some(open(dir.path()));
+                    }
+                },
+            }
+        }
+        let be = b.as_mut().unwrap();
+        for key in 0..23u64 {
+            be.set_current_key(&key).unwrap();
+            assert_eq!(count.bind(be).unwrap().value().unwrap(), model.get(&key).cloned(), "limit {limit} key {key}");
+        }
+        assert_eq!(be.count_entries("count").unwrap(), model.len() as u64);
+    }
+}

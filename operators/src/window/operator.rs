@@ -83,14 +83,12 @@ where
     type Content = A::Out;
 
     fn add(&self, ctx: &mut KeyedContext, ns: &[u8], value: &A::In) -> Result<bool> {
-        let mut st = ctx.state(&self.state)?.in_namespace(ns);
-        let (mut acc, new) = match st.value()? {
-            Some(acc) => (acc, false),
-            None => (self.agg.create_accumulator(), true),
-        };
-        self.agg.add(&mut acc, value);
-        st.update(&acc)?;
-        Ok(new)
+        let agg = &self.agg;
+        ctx.state(&self.state)?.in_namespace(ns).update_with(|acc| {
+            let new = acc.is_none();
+            agg.add(acc.get_or_insert_with(|| agg.create_accumulator()), value);
+            new
+        })
     }
 
     fn get(&self, ctx: &mut KeyedContext, ns: &[u8]) -> Result<Option<A::Out>> {
@@ -133,22 +131,22 @@ where
     }
 
     fn add_to_slice(&self, ctx: &mut KeyedContext, start: i64, _slide: i64, value: &A::In) -> Result<bool> {
-        let mut st = ctx.state(&self.slices)?;
-        let mut slices = st.value()?.unwrap_or_default();
-        let new = match slices.binary_search_by_key(&start, |(s, _)| *s) {
-            Ok(i) => {
-                self.agg.add(&mut slices[i].1, value);
-                false
+        let agg = &self.agg;
+        ctx.state(&self.slices)?.update_with(|slices| {
+            let slices = slices.get_or_insert_with(Vec::new);
+            match slices.binary_search_by_key(&start, |(s, _)| *s) {
+                Ok(i) => {
+                    agg.add(&mut slices[i].1, value);
+                    false
+                }
+                Err(i) => {
+                    let mut acc = agg.create_accumulator();
+                    agg.add(&mut acc, value);
+                    slices.insert(i, (start, acc));
+                    true
+                }
             }
-            Err(i) => {
-                let mut acc = self.agg.create_accumulator();
-                self.agg.add(&mut acc, value);
-                slices.insert(i, (start, acc));
-                true
-            }
-        };
-        st.update(&slices)?;
-        Ok(new)
+        })
     }
 
     fn take_window(&self, ctx: &mut KeyedContext, w: &TimeWindow, _slide: i64) -> Result<Option<A::Out>> {
