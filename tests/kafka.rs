@@ -401,6 +401,23 @@ fn topic_records(addr: &str, topic: &str, isolation: &str) -> Vec<(String, u64, 
 #[test]
 fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The test broker can lose a transactional id after the burst of kills (see
+    // txn_kill_scenario): run the whole scenario again on a fresh broker before giving up.
+    for seed in [43, 44, 45] {
+        if txn_kill_scenario(seed) {
+            return;
+        }
+    }
+    eprintln!(
+        "NOT SUPPORTED by this broker: in 3 fresh attempts it lost a transactional id after the \
+         kills each time; no-loss was NOT checked, only the output each attempt committed"
+    );
+}
+
+/// Kills the job with the txn sink at crash points and random moments (`seed`) on a broker of its
+/// own; true when the job completed and every check ran, false when the broker gave up on a
+/// transactional id first (what had been committed was checked).
+fn txn_kill_scenario(seed: u64) -> bool {
     let own = OwnBroker::start();
     let addr = own.addr.clone();
     // One input partition: its watermark advances from the first record, so windows (and sink
@@ -441,7 +458,7 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     assert_eq!(o.status.code(), Some(2), "a clap usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--transaction-timeout 1m is too short"));
 
-    let prefix = format!("txn-test-{}", std::process::id());
+    let prefix = format!("txn-test-{}-{seed}", std::process::id());
     let args: Vec<String> = [
         "--brokers",
         &addr,
@@ -470,7 +487,7 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     .collect();
     let points = ["before-sink-commit", "after-checkpoint-complete", "mid-sink-commit", "mid-snapshot"];
     let run = std::panic::catch_unwind(|| {
-        common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 12, 43)
+        common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 12, seed)
     });
     // nisshi 0.6.0 can lose a transactional id for good after a burst of kills: every later
     // TxnOffsetCommit of that id (the epoch marker) ends in "Broker transport failure" (the broker
@@ -492,9 +509,8 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
                 std::panic::resume_unwind(panic);
             }
             eprintln!(
-                "NOT SUPPORTED by this broker: transactional offset commits after a burst of kills \
-                 (the broker drops every epoch-marker commit of a transactional id); the job could \
-                 not finish, so no-loss is NOT checked in this run, only the output so far:\n{msg}"
+                "the test broker gave up on a transactional id after the kills (it drops every \
+                 epoch-marker commit of it); checking the output so far, then trying again:\n{msg}"
             );
             false
         }
@@ -510,7 +526,7 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
         for (p, e, sq, v) in &records {
             assert_eq!(*by_id.entry((p.clone(), *e, *sq)).or_insert(v.as_str()), v, "({p}, {e}, {sq}) carries one row");
         }
-        return;
+        return false;
     }
     let missing: Vec<&String> = expected.iter().filter(|r| !values.contains(r.as_str())).collect();
     assert!(missing.is_empty(), "no loss: {} rows missing, e.g. {:?}", missing.len(), missing.first());
@@ -589,6 +605,7 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
             expected.len()
         );
     }
+    true
 }
 
 #[test]

@@ -630,7 +630,7 @@ impl KeyedStateBackend {
 
     /// Read-modify-write of the value of state `id` (`None`: absent; leave `None` to delete it)
     /// without encoding or decoding it on every call: the value stays a live object in the write
-    /// cache until the next flush. Only for states without TTL.
+    /// cache until the next flush. Only for states without TTL (their expiry lives in the bytes).
     pub(crate) fn raw_update_with<T, R>(
         &mut self,
         id: usize,
@@ -641,54 +641,38 @@ impl KeyedStateBackend {
     where
         T: Serialize + DeserializeOwned + Send + 'static,
     {
+        // Without a write cache (limit 0) this still works: the new object is flushed at once.
         self.with_full_key(id, ns, extra, |b, k| {
-            if b.cache.limit == 0 {
-                let cf = b.cf(&b.states[id].name)?;
-                let mut v: Option<T> =
-                    b.db.get_pinned_cf(cf, &k[2..])?.map(|v| crate::codec::decode(&v)).transpose()?;
-                let r = f(&mut v);
-                match v {
-                    Some(v) => b.db.put_cf_opt(cf, &k[2..], crate::codec::encode(&v)?, &b.wo)?,
-                    None => b.db.delete_cf_opt(cf, &k[2..], &b.wo)?,
+            let (mut v, encoded, stored): (Option<T>, usize, bool) = match b.cache.map.get_mut(k) {
+                Some(e) => {
+                    if let Some(obj) = e.object.as_mut() {
+                        if let Some(o) = obj.as_any_mut().downcast_mut::<Object<T>>() {
+                            e.dirty = true;
+                            return Ok(f(&mut o.0));
+                        }
+                        // The same state read as another type: go through its bytes.
+                        e.materialize()?;
+                    }
+                    let encoded = e.value.as_ref().map_or(0, Vec::len);
+                    (e.value.as_deref().map(crate::codec::decode).transpose()?, encoded, e.stored)
                 }
-                return Ok(r);
-            }
+                None => {
+                    let cf = b.cf(&b.states[id].name)?;
+                    match b.db.get_pinned_cf(cf, &k[2..])? {
+                        Some(bytes) => (Some(crate::codec::decode(&bytes)?), bytes.len(), true),
+                        None => (None, 0, false),
+                    }
+                }
+            };
+            let r = f(&mut v);
             // Objects are charged their inline size plus the encoded size they were read with (at
             // least 64 bytes for their heap parts): an estimate, as a value that grows in place
             // is charged its first size until the next flush empties the cache.
-            let object_cost = |encoded: usize| entry_cost(k.len(), std::mem::size_of::<T>() + encoded.max(64));
-            if let Some(e) = b.cache.map.get_mut(k) {
-                if let Some(obj) = e.object.as_mut() {
-                    if let Some(o) = obj.as_any_mut().downcast_mut::<Object<T>>() {
-                        e.dirty = true;
-                        return Ok(f(&mut o.0));
-                    }
-                    // The same state read as another type: go through its bytes.
-                    e.materialize()?;
-                }
-                let mut v: Option<T> = e.value.as_deref().map(crate::codec::decode).transpose()?;
-                let r = f(&mut v);
-                let cost = object_cost(e.value.as_ref().map_or(0, Vec::len));
-                b.cache.bytes = (b.cache.bytes + cost).saturating_sub(e.accounted);
-                e.accounted = cost;
-                e.value = None;
-                e.object = Some(Box::new(Object(v)));
-                e.dirty = true;
-                return Ok(r);
-            }
-            let cf = b.cf(&b.states[id].name)?;
-            let (mut v, encoded): (Option<T>, usize) = match b.db.get_pinned_cf(cf, &k[2..])? {
-                Some(bytes) => (Some(crate::codec::decode(&bytes)?), bytes.len()),
-                None => (None, 0),
-            };
-            let stored = v.is_some();
-            let r = f(&mut v);
-            let cost = object_cost(encoded);
-            b.cache.bytes += cost;
-            b.cache.map.insert(
-                k.to_vec(),
-                CacheEntry { value: None, object: Some(Box::new(Object(v))), dirty: true, stored, accounted: cost },
-            );
+            let cost = entry_cost(k.len(), std::mem::size_of::<T>() + encoded.max(64));
+            let entry =
+                CacheEntry { value: None, object: Some(Box::new(Object(v))), dirty: true, stored, accounted: cost };
+            let old = b.cache.map.insert(k.to_vec(), entry).map_or(0, |e| e.accounted);
+            b.cache.bytes = (b.cache.bytes + cost).saturating_sub(old);
             if b.cache.bytes > b.cache.limit {
                 b.flush_cache()?;
             }
@@ -737,7 +721,7 @@ impl KeyedStateBackend {
             if let Some(e) = b.cache.map.get_mut(k) {
                 // The only merge operator is concatenation, so the cache can apply it itself.
                 e.materialize()?;
-                let mut merged = e.value.clone().unwrap_or_default();
+                let mut merged = e.value.take().unwrap_or_default();
                 merged.extend_from_slice(value);
                 return b.cache_store(k, Some(merged), true, true);
             }

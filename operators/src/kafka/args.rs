@@ -97,17 +97,21 @@ impl KafkaArgs {
         topic: &str,
         parse: impl Fn(&[u8]) -> anyhow::Result<T> + Send + Sync + 'static,
     ) -> KafkaSource<T> {
-        KafkaSource::new(self.brokers(), topic, parse).start_offsets(self.start_offsets).stop_at_end(self.stop_at_end)
+        self.configure(KafkaSource::new(self.brokers(), topic, parse))
     }
 
     /// [`KafkaArgs::source`] of JSON values.
     pub fn json_source<T: DeserializeOwned + 'static>(&self, topic: &str) -> KafkaSource<T> {
-        KafkaSource::json(self.brokers(), topic).start_offsets(self.start_offsets).stop_at_end(self.stop_at_end)
+        self.configure(KafkaSource::json(self.brokers(), topic))
     }
 
     /// [`KafkaArgs::source`] of UTF-8 lines.
     pub fn text_source(&self, topic: &str) -> KafkaSource<String> {
-        KafkaSource::text(self.brokers(), topic).start_offsets(self.start_offsets).stop_at_end(self.stop_at_end)
+        self.configure(KafkaSource::text(self.brokers(), topic))
+    }
+
+    fn configure<T>(&self, source: KafkaSource<T>) -> KafkaSource<T> {
+        source.start_offsets(self.start_offsets).stop_at_end(self.stop_at_end)
     }
 
     /// A sink to `topic` delivering as the flags say, records turned into (key, value) by
