@@ -145,16 +145,26 @@ impl Restore {
     }
 
     /// SST files already in `storage` that a 1:1 restored subtask's database still has, so the
-    /// next checkpoint need not store them again.
+    /// next checkpoint need not store them again. `parallelism_of` gives each operator's
+    /// parallelism in the new run.
     pub(crate) fn known_files(
         &self,
         storage: &CheckpointStorage,
+        parallelism_of: impl Fn(&str) -> Option<usize>,
     ) -> HashMap<(String, usize), HashMap<String, FileRef>> {
         let mut out: HashMap<(String, usize), HashMap<String, FileRef>> = HashMap::new();
         if self.snapshot.meta.kind != SnapshotKind::Checkpoint || self.snapshot.base != storage.base() {
             return out;
         }
         for op in &self.snapshot.meta.operators {
+            // Only at the same parallelism is new subtask i old subtask i with the same key
+            // groups, its database a copy of the old one's files under the same names. After a
+            // rescale each database is built anew by importing, and its `000010.sst` is another
+            // file than the old subtask's `000010.sst`: reusing the stored one would make the
+            // next checkpoint reference the wrong file.
+            if parallelism_of(&op.uid) != Some(op.parallelism) {
+                continue;
+            }
             for sub in &op.subtasks {
                 let files = out.entry((op.uid.clone(), sub.subtask)).or_default();
                 for f in sub.keyed_files.iter().filter(|f| f.path.starts_with("shared/")) {
@@ -325,4 +335,59 @@ pub(crate) type SharedRestore = Option<Arc<Restore>>;
 
 pub(crate) fn missing(what: &str) -> anyhow::Error {
     anyhow!("internal error: {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_checkpoint::OperatorSnapshot;
+
+    /// A checkpoint of operator `counts` at `parallelism`, each subtask with a stored
+    /// `000010.sst` of its own.
+    fn restore(storage: &CheckpointStorage, parallelism: usize) -> Restore {
+        let subtasks = (0..parallelism)
+            .map(|s| SubtaskSnapshot {
+                subtask: s,
+                key_groups: Some(KeyGroupRange::for_subtask(128, parallelism, s)),
+                keyed_files: vec![FileRef {
+                    path: format!("shared/counts-{s}-18f3a-000010.sst"),
+                    size: 10,
+                    xxh3: String::new(),
+                }],
+                operator_state: None,
+                watermark: i64::MIN,
+            })
+            .collect();
+        let meta = CheckpointMetadata {
+            job: "job".into(),
+            checkpoint_id: 7,
+            kind: SnapshotKind::Checkpoint,
+            timestamp: 0,
+            max_parallelism: 128,
+            operators: vec![OperatorSnapshot {
+                uid: "counts".into(),
+                name: "counts".into(),
+                parallelism,
+                keyed: true,
+                subtasks,
+            }],
+        };
+        let base = storage.base().to_path_buf();
+        Restore { snapshot: LoadedSnapshot { meta, dir: base.join("chk-7"), base } }
+    }
+
+    #[test]
+    fn stored_files_are_reused_only_by_subtasks_restored_one_to_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::new(dir.path(), "job").unwrap();
+        let r = restore(&storage, 2);
+        // Same parallelism: subtask 1's database is old subtask 1's, file for file.
+        let same = r.known_files(&storage, |_| Some(2));
+        assert_eq!(same[&("counts".to_string(), 1)]["000010.sst"].path, "shared/counts-1-18f3a-000010.sst");
+        // Rescaled: new subtask 1's 000010.sst, if it has one, is a file of its own.
+        assert!(r.known_files(&storage, |_| Some(3)).is_empty());
+        assert!(r.known_files(&storage, |_| Some(1)).is_empty());
+        // An operator the new job does not have reuses nothing.
+        assert!(r.known_files(&storage, |_| None).is_empty());
+    }
 }

@@ -558,7 +558,8 @@ fn run_attempt(
     let (io_tx, io_rx) = unbounded::<IoJob>();
     let (done_tx, mut done_rx) = unbounded::<IoDone>();
     let io = storage.map(|st| {
-        let known = restore.as_ref().map(|r| r.known_files(st)).unwrap_or_default();
+        let parallelism_of = |uid: &str| plan.uids.iter().position(|u| u == uid).map(|n| plan.parallelism[n]);
+        let known = restore.as_ref().map(|r| r.known_files(st, parallelism_of)).unwrap_or_default();
         let run = format!(
             "{:x}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)

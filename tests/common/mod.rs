@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -137,6 +139,28 @@ pub fn stop_broker(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker");
     let out = Command::new(&script).arg("stop").env("WEIR_BROKER_DIR", dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Kills a broker instance started with [`broker_in`] with SIGKILL, as a crash would; its
+/// storage stays for the next [`broker_in`].
+pub fn kill_broker(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker");
+    let out = Command::new(&script).arg("kill").env("WEIR_BROKER_DIR", dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `job` until it SIGKILLs itself at the named crash `point`, at the first checkpoint from
+/// `at` on; fails the test if the point is not reached.
+pub fn crash_at(job: &str, args: &[String], point: &str, at: u64) {
+    let o = Command::new(example(job))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("WEIR_CRASH_AT", format!("{point}:{at}"))
+        .output()
+        .expect("starting the job");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.signal(), Some(9), "{job} crashed by SIGKILL at {point}:\n{stderr}");
+    assert!(stderr.contains("WEIR_CRASH_AT: crashing at"), "the crash point {point} was reached:\n{stderr}");
 }
 
 /// Highest checkpoint id under the job's checkpoint directory.

@@ -1,0 +1,141 @@
+//! The Kafka broker dies (SIGKILL) in the middle of a job and comes back: Kafka source →
+//! auction_windows → Kafka sink, for both exactly-once modes. The job may ride it out or fail;
+//! restarted with the same flags (as a supervisor would), its output is exactly that of a
+//! failure-free run.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{assert_exactly, committed_values, create_topic, produce_bids, reference_rows};
+use common::{broker_in, example, kill_broker, max_checkpoint, stop_broker};
+
+/// One broker restart at a time: each test runs a broker of its own beside its job.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A broker of the test's own, so that killing it disturbs no other test. Stopped when dropped.
+struct OwnBroker {
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = broker_in(Some(dir.path()));
+        OwnBroker { dir, addr }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        stop_broker(self.dir.path());
+    }
+}
+
+/// Runs the job, kills the broker once the job has completed `after` checkpoints, starts the
+/// broker again, and restarts the job whenever it fails until it finishes. Returns the number of
+/// job starts.
+fn run_through_broker_restart(broker: &OwnBroker, args: &[String], job_chk: &std::path::Path, after: u64) -> usize {
+    let spawn = || {
+        Command::new(example("auction_windows"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut job = spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while max_checkpoint(job_chk) < after {
+        assert!(Instant::now() < deadline, "no {after} checkpoints within 60 s");
+        assert!(job.try_wait().unwrap().is_none(), "the job ended before the broker was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_broker(broker.dir.path());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(broker_in(Some(broker.dir.path())), broker.addr, "the broker came back on its address");
+    let mut starts = 1;
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        let status = loop {
+            if let Some(s) = job.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the job did not finish within 400 s of the broker restart");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if status.success() {
+            return starts;
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(starts < 5, "the job failed {starts} times after the broker restart; last:\n{stderr}");
+        eprintln!("the job failed after the broker restart (start {starts}); starting it again:\n{stderr}");
+        job = spawn();
+        starts += 1;
+    }
+}
+
+fn job_args(addr: &str, input: &str, output: &str, chk: &std::path::Path, delivery: &str) -> Vec<String> {
+    [
+        "--brokers",
+        addr,
+        "--input-topic",
+        input,
+        "--stop-at-end",
+        "--output-topic",
+        output,
+        "--delivery",
+        delivery,
+        "--transactional-id-prefix",
+        &format!("restart-{}", std::process::id()),
+        "--window-parallelism",
+        "2",
+        "--checkpoint-dir",
+        chk.to_str().unwrap(),
+        "--checkpoint-interval",
+        "200ms",
+        "--rate",
+        "2500",
+        "--progress-interval",
+        "0s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn broker_restart(delivery: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = OwnBroker::start();
+    let addr = broker.addr.clone();
+    let input = create_topic(&addr, "restart-in", 4);
+    let output = create_topic(&addr, "restart-out", 2);
+    produce_bids(&addr, &input, 4, 30_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
+    let chk = dir.path().join("chk");
+    let args = job_args(&addr, &input, &output, &chk, delivery);
+    let starts = run_through_broker_restart(&broker, &args, &chk.join("auction_windows"), 5);
+    println!("{delivery}: finished after {starts} start(s)");
+    if delivery == "exactly-once-txn" {
+        assert_exactly(&addr, &output, &expected);
+    } else {
+        assert_eq!(committed_values(&addr, &output), expected, "the rows of a failure-free run");
+        let ids = weir::operators::kafka::published_ids(&addr, &output).unwrap();
+        assert!(ids.values().all(|n| *n == 1), "every (producer, epoch, seq) published once");
+    }
+}
+
+#[test]
+fn a_broker_restart_mid_run_keeps_txn_output_exact() {
+    broker_restart("exactly-once-txn");
+}
+
+#[test]
+fn a_broker_restart_mid_run_keeps_published_output_exact() {
+    broker_restart("exactly-once-publish");
+}

@@ -1,0 +1,254 @@
+//! `--delivery exactly-once-txn` against Apache Kafka: Kafka topic (4 partitions) →
+//! auction_windows → Kafka topic, killed at random moments and at every named crash point, frozen
+//! as a zombie while its successor runs, and rescaled over open transactions. Each test reads the
+//! output with `read_committed` and compares it with a failure-free run: one lost or duplicated
+//! row fails it.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{assert_exactly, create_topic, end_offsets, produce_bids, read_topic, reference_rows};
+use common::{crash_at, example, max_checkpoint, run};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The kill tests run one at a time: two at once on two cores would mostly measure contention.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// auction_windows with the txn sink: `input` → `output`, checkpoints every `interval` in `chk`.
+fn txn_args(addr: &str, input: &str, output: &str, chk: &Path, prefix: &str, parallelism: usize) -> Vec<String> {
+    [
+        "--brokers",
+        addr,
+        "--input-topic",
+        input,
+        "--stop-at-end",
+        "--output-topic",
+        output,
+        "--delivery",
+        "exactly-once-txn",
+        "--transactional-id-prefix",
+        prefix,
+        "--window-parallelism",
+        &parallelism.to_string(),
+        "--checkpoint-dir",
+        chk.to_str().unwrap(),
+        "--checkpoint-interval",
+        "150ms",
+        "--progress-interval",
+        "0s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn with(mut args: Vec<String>, more: &[&str]) -> Vec<String> {
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The last epoch committed under `transactional_id`: the offset its marker group holds.
+fn marker(addr: &str, transactional_id: &str, output: &str) -> Option<u64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", format!("weir-txn-{transactional_id}"))
+        .create()
+        .unwrap();
+    let mut q = TopicPartitionList::new();
+    q.add_partition(output, 0);
+    match c.committed_offsets(q, Duration::from_secs(10)).unwrap().find_partition(output, 0).unwrap().offset() {
+        Offset::Offset(o) => Some(o as u64),
+        _ => None,
+    }
+}
+
+/// No transaction is left open on `topic`: every partition's last stable offset is its end.
+fn assert_no_open_transaction(addr: &str, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (lso, hw) = (end_offsets(addr, topic, "read_committed"), end_offsets(addr, topic, "read_uncommitted"));
+        if lso == hw {
+            return;
+        }
+        // Markers of a commit just made can take a moment to be written.
+        assert!(Instant::now() < deadline, "a transaction is left open on {topic}: LSO {lso:?}, end {hw:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = common::broker();
+    let input = create_topic(&addr, "txn-in", 4);
+    let output = create_topic(&addr, "txn-out", 2);
+    produce_bids(&addr, &input, 4, 40_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
+    assert!(expected.len() > 300, "{} rows", expected.len());
+
+    // The transaction timeout is checked against the checkpoint settings at start-up.
+    let chk = dir.path().join("chk");
+    let prefix = format!("txn-test-{}", std::process::id());
+    let o = run(
+        "auction_windows",
+        &with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--transaction-timeout", "100ms"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(2), "a clap usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--transaction-timeout 100ms is too short"));
+
+    let args = with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--rate", "5000"]);
+    let points = ["before-sink-commit", "after-checkpoint-complete", "mid-sink-commit", "mid-snapshot"];
+    let kills = common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 30, 43);
+    assert!(kills >= 30 + points.len());
+
+    let committed = assert_exactly(&addr, &output, &expected);
+    assert!(
+        committed.iter().all(|r| r.identity().0.starts_with(&prefix)),
+        "transactional ids are <prefix>-<uid>-<subtask>"
+    );
+    assert_no_open_transaction(&addr, &output);
+    // The aborted attempts exist: a read_uncommitted reader sees records of transactions that
+    // the restarts aborted, among them an epoch re-produced whole after the crash before its
+    // commit (so the test would notice if isolation broke).
+    let all = read_topic(&addr, &output, "read_uncommitted");
+    assert!(all.len() > committed.len(), "read_uncommitted shows the aborted attempts ({} records)", all.len());
+    let mut copies: HashMap<(String, u64, usize), usize> = HashMap::new();
+    for r in &all {
+        *copies.entry(r.identity()).or_default() += 1;
+    }
+    let mut epochs: BTreeMap<(String, u64), Vec<usize>> = BTreeMap::new();
+    for ((p, e, _), n) in &copies {
+        epochs.entry((p.clone(), *e)).or_default().push(*n);
+    }
+    assert!(
+        epochs.values().any(|counts| counts.iter().all(|n| *n >= 2)),
+        "an epoch re-produced whole after the crash before its commit"
+    );
+    // Each subtask's marker is the last epoch it committed.
+    for sub in 0..2 {
+        let id = format!("{prefix}-kafka-sink-{sub}");
+        let m = marker(&addr, &id, &output).unwrap_or_else(|| panic!("no marker for {id}"));
+        assert!(epochs.contains_key(&(id.clone(), m)), "{id}: the marker {m} is an epoch it sent");
+        assert!(epochs.keys().filter(|(p, _)| *p == id).all(|(_, e)| *e <= m), "{id}: every epoch is committed");
+    }
+    // The CLI lists the job's transactional ids from its last checkpoint, with their markers.
+    let listed = Command::new(common::weir_cli())
+        .args(["kafka", "transactions", "--brokers", &addr, "--checkpoint"])
+        .arg(chk.join("auction_windows"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    for sub in 0..2 {
+        let id = format!("{prefix}-kafka-sink-{sub}");
+        let line = text.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+        assert!(line.contains("up to date"), "{line}");
+    }
+}
+
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "signalling {pid}");
+}
+
+#[test]
+fn a_frozen_zombie_cannot_write_once_its_successor_runs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = common::broker();
+    let input = create_topic(&addr, "zombie-in", 4);
+    let output = create_topic(&addr, "zombie-out", 2);
+    produce_bids(&addr, &input, 4, 20_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
+    let chk = dir.path().join("chk");
+    let prefix = format!("zombie-{}", std::process::id());
+    let args = with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--restart-attempts", "0"]);
+
+    // The zombie: frozen with SIGSTOP after a few checkpoints, with a transaction open.
+    let mut zombie = Command::new(example("auction_windows"))
+        .args(with(args.clone(), &["--rate", "1000"]))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job_chk = chk.join("auction_windows");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while max_checkpoint(&job_chk) < 5 {
+        assert!(Instant::now() < deadline, "the first job took no 5 checkpoints in 60 s");
+        assert!(zombie.try_wait().unwrap().is_none(), "the first job ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(zombie.id(), libc::SIGSTOP);
+
+    // Its successor restores the latest checkpoint (fencing the zombie's transactional ids and
+    // aborting their open transactions) and runs to the end.
+    common::run_ok("auction_windows", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = read_topic(&addr, &output, "read_uncommitted").len();
+
+    // The zombie wakes up and carries on where it was: it may write, but none of it may become
+    // visible, and it must fail on the fencing rather than finish.
+    signal(zombie.id(), libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = zombie.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the zombie neither failed nor finished in 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(zombie.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the zombie must not complete after being fenced:\n{stderr}");
+    assert!(stderr.to_lowercase().contains("fenced"), "the zombie fails on the fencing:\n{stderr}");
+    let after = read_topic(&addr, &output, "read_uncommitted").len();
+    println!("the zombie wrote {} records after it woke up, none committed", after - before);
+    assert_exactly(&addr, &output, &expected);
+    assert_no_open_transaction(&addr, &output);
+}
+
+#[test]
+fn rescaling_over_open_transactions_commits_or_aborts_vanished_ids() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = common::broker();
+    let input = create_topic(&addr, "rescale-in", 4);
+    let output = create_topic(&addr, "rescale-out", 3);
+    produce_bids(&addr, &input, 4, 30_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
+    let chk = dir.path().join("chk");
+    let job_chk = chk.join("auction_windows");
+    let prefix = format!("rescale-{}", std::process::id());
+    let args = |p: usize| with(txn_args(&addr, &input, &output, &chk, &prefix, p), &["--rate", "3000"]);
+
+    // At parallelism 2, die with checkpoint n complete and its transactions open (not committed).
+    crash_at("auction_windows", &args(2), "before-sink-commit", 4);
+    // At 3 from 2: ids 0 and 1 repair their epochs, id 2 is new; die the same way.
+    crash_at("auction_windows", &args(3), "before-sink-commit", max_checkpoint(&job_chk) + 3);
+    let open = end_offsets(&addr, &output, "read_committed") != end_offsets(&addr, &output, "read_uncommitted");
+    assert!(open, "the crash left transactions open");
+    // At 1 from 3: ids 1 and 2 vanish; subtask 0 fences them and commits what the checkpoint
+    // holds for them.
+    common::run_ok("auction_windows", &args(1).iter().map(String::as_str).collect::<Vec<_>>());
+    let committed = assert_exactly(&addr, &output, &expected);
+    assert_no_open_transaction(&addr, &output);
+    let ids: std::collections::BTreeSet<String> = committed.iter().map(|r| r.identity().0).collect();
+    let want: std::collections::BTreeSet<String> = (0..3).map(|s| format!("{prefix}-kafka-sink-{s}")).collect();
+    assert_eq!(ids, want, "all three ids wrote committed output");
+    for id in &want {
+        let m = marker(&addr, id, &output).unwrap_or_else(|| panic!("no marker for {id}"));
+        let last = committed.iter().filter(|r| r.identity().0 == *id).map(|r| r.identity().1).max().unwrap();
+        assert_eq!(m, last, "{id}: the marker is its last committed epoch");
+    }
+}
