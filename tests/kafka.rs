@@ -310,3 +310,45 @@ fn changing_the_delivery_mode_over_unwritten_output_is_refused() {
     run_ok("auction_windows", &args("exactly-once-publish").iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(committed_values(&addr, &output), rows(&reference), "the original mode finishes the output exactly");
 }
+
+/// A job that fails while its Kafka consumers are still starting (every partition begins with a
+/// malformed record) exits with its own error, every time: tearing the consumers down must never
+/// abort the process inside librdkafka (`rd_kafka_assignment_partition_stopped: Assertion
+/// rktp_started`, librdkafka#5573: a partition removed a second time while its first stop is
+/// outstanding, which weir's old double assignment did).
+#[test]
+fn a_job_failing_during_consumer_start_up_always_reports_its_own_error() {
+    let addr = common::broker();
+    let topic = create_topic(&addr, "start-fail", 4);
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &addr).create().unwrap();
+    for partition in 0..4 {
+        p.send(BaseRecord::<(), str>::to(&topic).partition(partition).payload("{not json")).unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    produce_bids(&addr, &topic, 4, 2_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for attempt in 0..20 {
+        let o = run(
+            "auction_windows",
+            &[
+                "--brokers",
+                &addr,
+                "--input-topic",
+                &topic,
+                "--stop-at-end",
+                "--output",
+                out.to_str().unwrap(),
+                "-p",
+                "2",
+                "--restart-attempts",
+                "1",
+                "--restart-delay",
+                "10ms",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "run {attempt}: the job's own failure, not {:?}:\n{stderr}", o.status);
+        assert!(stderr.contains(&format!("malformed record in topic {topic} partition")), "run {attempt}:\n{stderr}");
+    }
+}

@@ -252,3 +252,53 @@ fn rescaling_over_open_transactions_commits_or_aborts_vanished_ids() {
         assert_eq!(m, last, "{id}: the marker is its last committed epoch");
     }
 }
+
+/// A downstream job reads a transactional topic (as weir's txn output is) with `--stop-at-end`:
+/// it skips the aborted records and ends, although the last offsets of each partition are
+/// transaction markers that are never delivered.
+#[test]
+fn a_transactional_topic_is_read_to_its_end_without_aborted_records() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let addr = common::broker();
+    let plain = create_topic(&addr, "plain-in", 2);
+    produce_bids(&addr, &plain, 2, 6_000, None);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = reference_rows(&addr, &plain, &dir.path().join("ref"));
+
+    // The same bids in transactions of 500 per partition, each followed by an aborted one with
+    // a bid that would change its window's count and maximum.
+    let txn = create_topic(&addr, "txn-copy", 2);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("transactional.id", format!("copy-{}", std::process::id()))
+        .create()
+        .unwrap();
+    p.init_transactions(Duration::from_secs(10)).unwrap();
+    let records = read_topic(&addr, &plain, "read_uncommitted");
+    let send = |partition: i32, value: &str| {
+        p.send(BaseRecord::<(), str>::to(&txn).partition(partition).payload(value)).unwrap();
+    };
+    for chunk in records.chunks(500) {
+        p.begin_transaction().unwrap();
+        for r in chunk {
+            send(r.partition, &r.value);
+        }
+        p.commit_transaction(Duration::from_secs(10)).unwrap();
+        p.begin_transaction().unwrap();
+        let last = chunk.last().unwrap();
+        send(last.partition, &last.value.replacen(r#""price":"#, r#""price":999999999,"was":"#, 1));
+        p.flush(Duration::from_secs(10)).unwrap();
+        p.abort_transaction(Duration::from_secs(10)).unwrap();
+    }
+    let hw = end_offsets(&addr, &txn, "read_uncommitted");
+    assert!(hw.values().sum::<i64>() > 6_000 + 2 * 12, "the topic holds aborted records and markers: {hw:?}");
+
+    let out = dir.path().join("out");
+    let o = common::run_within(
+        "auction_windows",
+        &["--brokers", &addr, "--input-topic", &txn, "--stop-at-end", "--output", out.to_str().unwrap()],
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(common::kafka::auction_rows(&out), expected, "the committed bids only, and all of them");
+}

@@ -68,6 +68,28 @@ pub fn run_ok(name: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Runs a job binary to completion within `limit`, failing the test (after killing the job) if
+/// it takes longer.
+pub fn run_within(name: &str, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting job binary");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("waiting for the job").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("killing the job");
+            let out = child.wait_with_output().expect("reaping the job");
+            panic!("{name} {args:?} did not finish within {limit:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("reaping the job")
+}
+
 /// Runs a job binary to completion.
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(example(name)).args(args).env("RUST_LOG", "warn").output().expect("starting job binary")

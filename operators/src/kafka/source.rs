@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use weir_runtime::{Data, Source, SourceOutput, SourcePoll, SourceReader, TaskInfo};
@@ -189,6 +190,19 @@ impl<T> KafkaReader<T> {
         Ok(())
     }
 
+    /// The consumer caught up with `partition`: it read everything up to the partition's current
+    /// end (the last stable offset for a `read_committed` reader), which is at or beyond the
+    /// bounded end taken at the first start, since that end only grows. So nothing before the
+    /// bounded end is left, also where the offsets up to it are transaction markers that never
+    /// arrive as records.
+    fn reached_end(&mut self, partition: i32) {
+        if let Some(st) = self.partitions.get_mut(&partition) {
+            if let Some(end) = st.end {
+                st.next = st.next.max(end);
+            }
+        }
+    }
+
     fn done(&self, p: &PartitionState) -> bool {
         p.end.is_some_and(|e| p.next >= e)
     }
@@ -200,7 +214,9 @@ impl<T: Data> Source<T> for KafkaSource<T> {
         cfg.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            // End-of-partition events tell a bounded read that it is done even where the last
+            // offsets before its end are transaction markers, which are never delivered.
+            .set("enable.partition.eof", if self.stop_at_end { "true" } else { "false" });
         for (k, v) in &self.config {
             cfg.set(k, v);
         }
@@ -284,8 +300,14 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
         }
         let mut any = false;
         while out.remaining() > 0 {
-            let Some(msg) = self.consumer.poll(Duration::ZERO) else { break };
-            let msg = msg.context("reading from Kafka")?;
+            let msg = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.reached_end(partition);
+                    continue;
+                }
+                Some(msg) => msg.context("reading from Kafka")?,
+            };
             let (partition, offset) = (msg.partition(), msg.offset());
             let Some(state) = self.partitions.get_mut(&partition) else { continue };
             if offset < state.next || state.end.is_some_and(|e| offset >= e) {
