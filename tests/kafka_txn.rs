@@ -15,6 +15,7 @@ use common::kafka::{assert_exactly, create_topic, end_offsets, produce_bids, rea
 use common::{crash_at, example, max_checkpoint, run};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// The kill tests run one at a time: two at once on two cores would mostly measure contention.
@@ -154,6 +155,28 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
         let line = text.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
         assert!(line.contains("up to date"), "{line}");
     }
+    // A transaction left open under one of the job's ids (a producer that died mid-epoch) holds
+    // read_committed readers until `weir kafka transactions --abort` ends it.
+    let id0 = format!("{prefix}-kafka-sink-0");
+    let lingering: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &addr).set("transactional.id", &id0).create().unwrap();
+    lingering.init_transactions(Duration::from_secs(10)).unwrap();
+    lingering.begin_transaction().unwrap();
+    lingering.send(BaseRecord::<(), str>::to(&output).partition(0).payload("lingering")).unwrap();
+    lingering.flush(Duration::from_secs(10)).unwrap();
+    std::mem::forget(lingering);
+    let (lso, end) = (end_offsets(&addr, &output, "read_committed"), end_offsets(&addr, &output, "read_uncommitted"));
+    assert!(lso[&0] < end[&0], "the lingering transaction holds the LSO: {lso:?} {end:?}");
+    let aborted = Command::new(common::weir_cli())
+        .args(["kafka", "transactions", "--brokers", &addr, "--checkpoint"])
+        .arg(chk.join("auction_windows"))
+        .args(["--abort", &id0])
+        .output()
+        .unwrap();
+    assert!(aborted.status.success(), "{}", String::from_utf8_lossy(&aborted.stderr));
+    assert!(String::from_utf8_lossy(&aborted.stdout).contains("aborted"));
+    assert_no_open_transaction(&addr, &output);
+    assert_exactly(&addr, &output, &expected);
 }
 
 /// Sends `signal` to `pid`.
@@ -258,7 +281,6 @@ fn rescaling_over_open_transactions_commits_or_aborts_vanished_ids() {
 /// transaction markers that are never delivered.
 #[test]
 fn a_transactional_topic_is_read_to_its_end_without_aborted_records() {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let addr = common::broker();
     let plain = create_topic(&addr, "plain-in", 2);
     produce_bids(&addr, &plain, 2, 6_000, None);
@@ -299,6 +321,8 @@ fn a_transactional_topic_is_read_to_its_end_without_aborted_records() {
         &["--brokers", &addr, "--input-topic", &txn, "--stop-at-end", "--output", out.to_str().unwrap()],
         Duration::from_secs(120),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "reaching the end of a partition is no error:\n{stderr}");
     assert_eq!(common::kafka::auction_rows(&out), expected, "the committed bids only, and all of them");
 }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use weir_runtime::{Data, Source, SourceOutput, SourcePoll, SourceReader, TaskInfo};
@@ -166,9 +167,25 @@ struct KafkaState {
     partitions: Vec<PartitionState>,
 }
 
+/// librdkafka's errors go to the log as with rdkafka's default context, except end-of-partition
+/// events: a bounded read asks for them and handles them (they are not errors).
+struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 struct KafkaReader<T> {
     source: KafkaSource<T>,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     partitions: BTreeMap<i32, PartitionState>,
     finished: Vec<i32>,
     /// Partitions are assigned at the first poll, once a restore has set the offsets: assigning
@@ -220,7 +237,8 @@ impl<T: Data> Source<T> for KafkaSource<T> {
         for (k, v) in &self.config {
             cfg.set(k, v);
         }
-        let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
+        let consumer: BaseConsumer<SourceContext> =
+            cfg.create_with_context(SourceContext).context("creating the Kafka consumer")?;
         let meta = consumer
             .fetch_metadata(Some(&self.topic), TIMEOUT)
             .with_context(|| format!("reading metadata of topic {}", self.topic))?;
