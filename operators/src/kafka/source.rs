@@ -233,7 +233,12 @@ impl<T: Data> Source<T> for KafkaSource<T> {
             .set("enable.auto.commit", "false")
             // End-of-partition events tell a bounded read that it is done even where the last
             // offsets before its end are transaction markers, which are never delivered.
-            .set("enable.partition.eof", if self.stop_at_end { "true" } else { "false" });
+            .set("enable.partition.eof", if self.stop_at_end { "true" } else { "false" })
+            // librdkafka postpones a partition's next fetch by this much whenever its local queue
+            // is over queued.min.messages; the default (1 s) left the source idle three quarters
+            // of the time once it drained the queue faster than that (5 M bids, 8 partitions,
+            // p=2: 12.8 s with the default, 3.0 s with 10 ms, the same CPU time).
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &self.config {
             cfg.set(k, v);
         }
