@@ -62,8 +62,9 @@ fn kafka_source_offsets_survive_kills_exactly_once() {
         p(&chk),
         "--checkpoint-interval".into(),
         "100ms".into(),
+        // Slow enough that the input outlasts 30 short runs: each makes progress before its kill.
         "--rate".into(),
-        "8000".into(),
+        "4000".into(),
         "--progress-interval".into(),
         "0s".into(),
     ];
@@ -188,7 +189,7 @@ fn exactly_once_publish_survives_kills_and_crash_points() {
         "--checkpoint-interval",
         "100ms",
         "--rate",
-        "6000",
+        "3000",
         "--progress-interval",
         "0s",
     ]

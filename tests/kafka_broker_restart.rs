@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{assert_exactly, committed_values, create_topic, produce_bids, reference_rows};
+use common::kafka::{assert_exactly, auction_kafka_args, committed_values, create_topic, produce_bids, reference_rows};
 use common::{broker_in, example, kill_broker, max_checkpoint, stop_broker};
 
 /// One broker restart at a time: each test runs a broker of its own beside its job.
@@ -80,32 +80,10 @@ fn run_through_broker_restart(broker: &OwnBroker, args: &[String], job_chk: &std
 }
 
 fn job_args(addr: &str, input: &str, output: &str, chk: &std::path::Path, delivery: &str) -> Vec<String> {
-    [
-        "--brokers",
-        addr,
-        "--input-topic",
-        input,
-        "--stop-at-end",
-        "--output-topic",
-        output,
-        "--delivery",
-        delivery,
-        "--transactional-id-prefix",
-        &format!("restart-{}", std::process::id()),
-        "--window-parallelism",
-        "2",
-        "--checkpoint-dir",
-        chk.to_str().unwrap(),
-        "--checkpoint-interval",
-        "200ms",
-        "--rate",
-        "2500",
-        "--progress-interval",
-        "0s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let prefix = format!("restart-{}", std::process::id());
+    let mut args = auction_kafka_args(addr, (input, output), delivery, &prefix, 2, chk, "200ms");
+    args.extend(["--rate".to_string(), "2500".to_string()]);
+    args
 }
 
 fn broker_restart(delivery: &str) {

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{assert_exactly, create_topic, end_offsets, produce_bids, read_topic, reference_rows};
+use common::kafka::{
+    assert_exactly, auction_kafka_args, create_topic, end_offsets, produce_bids, read_topic, reference_rows,
+};
 use common::{crash_at, example, max_checkpoint, run};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,32 +23,9 @@ use rdkafka::{Offset, TopicPartitionList};
 /// The kill tests run one at a time: two at once on two cores would mostly measure contention.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// auction_windows with the txn sink: `input` → `output`, checkpoints every `interval` in `chk`.
+/// auction_windows with the txn sink: `input` → `output`, checkpoints every 150 ms in `chk`.
 fn txn_args(addr: &str, input: &str, output: &str, chk: &Path, prefix: &str, parallelism: usize) -> Vec<String> {
-    [
-        "--brokers",
-        addr,
-        "--input-topic",
-        input,
-        "--stop-at-end",
-        "--output-topic",
-        output,
-        "--delivery",
-        "exactly-once-txn",
-        "--transactional-id-prefix",
-        prefix,
-        "--window-parallelism",
-        &parallelism.to_string(),
-        "--checkpoint-dir",
-        chk.to_str().unwrap(),
-        "--checkpoint-interval",
-        "150ms",
-        "--progress-interval",
-        "0s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    auction_kafka_args(addr, (input, output), "exactly-once-txn", prefix, parallelism, chk, "150ms")
 }
 
 fn with(mut args: Vec<String>, more: &[&str]) -> Vec<String> {
@@ -107,7 +86,8 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     assert_eq!(o.status.code(), Some(2), "a clap usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--transaction-timeout 100ms is too short"));
 
-    let args = with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--rate", "5000"]);
+    // Slow enough that the input outlasts 30 short runs: each makes progress before its kill.
+    let args = with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--rate", "2500"]);
     let points = ["before-sink-commit", "after-checkpoint-complete", "mid-sink-commit", "mid-snapshot"];
     let kills = common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 30, 43);
     assert!(kills >= 30 + points.len());

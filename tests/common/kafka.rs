@@ -204,3 +204,40 @@ pub fn assert_exactly(addr: &str, topic: &str, expected: &[String]) -> Vec<Topic
     assert_eq!(got, expected, "read_committed sees exactly the rows of a failure-free run");
     records
 }
+
+/// auction_windows from `input` to `output` with `--delivery delivery`, transactional ids
+/// `<prefix>-kafka-sink-<subtask>`, window and sink parallelism `parallelism`, checkpoints every
+/// `interval` in `chk`, reading to the end of the input.
+pub fn auction_kafka_args(
+    addr: &str,
+    (input, output): (&str, &str),
+    delivery: &str,
+    prefix: &str,
+    parallelism: usize,
+    chk: &std::path::Path,
+    interval: &str,
+) -> Vec<String> {
+    let parallelism = parallelism.to_string();
+    let args = [
+        "--brokers",
+        addr,
+        "--input-topic",
+        input,
+        "--stop-at-end",
+        "--output-topic",
+        output,
+        "--delivery",
+        delivery,
+        "--transactional-id-prefix",
+        prefix,
+        "--window-parallelism",
+        &parallelism,
+        "--checkpoint-dir",
+        chk.to_str().unwrap(),
+        "--checkpoint-interval",
+        interval,
+        "--progress-interval",
+        "0s",
+    ];
+    args.iter().map(|s| s.to_string()).collect()
+}

@@ -212,9 +212,8 @@ pub fn kill_until_done(
     let mut point = 0;
     let started = Instant::now();
     loop {
-        // Generous: a run meant to finish may first have to ride out a stalled broker (the test
-        // broker has held transactional offset commits for over a minute after a burst of
-        // kills) by failing and restarting from its checkpoint.
+        // Generous: on a loaded machine the kills, restores and the final run together can take
+        // minutes; a job that never finishes still fails here.
         assert!(started.elapsed() < Duration::from_secs(700), "{job} did not finish within 700 s ({kills} kills)");
         let mut cmd = Command::new(example(job));
         // WEIR_DEBUG_KILLS=1: the jobs log at info, and every killed run's log tail is printed.
