@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{assert_exactly, auction_kafka_args, committed_values, create_topic, produce_bids, reference_rows};
-use common::{broker_in, example, kill_broker, max_checkpoint, stop_broker};
+use common::kafka::{assert_exactly, auction_kafka_args, committed_values, Scenario};
+use common::{broker_in, kill_broker, stop_broker};
 
 /// One broker restart at a time: each test runs a broker of its own beside its job.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -38,22 +37,9 @@ impl Drop for OwnBroker {
 /// broker again, and restarts the job whenever it fails until it finishes. Returns the number of
 /// job starts.
 fn run_through_broker_restart(broker: &OwnBroker, args: &[String], job_chk: &std::path::Path, after: u64) -> usize {
-    let spawn = || {
-        Command::new(example("auction_windows"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || common::spawn("auction_windows", args);
     let mut job = spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while max_checkpoint(job_chk) < after {
-        assert!(Instant::now() < deadline, "no {after} checkpoints within 60 s");
-        assert!(job.try_wait().unwrap().is_none(), "the job ended before the broker was killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::await_checkpoint(&mut job, job_chk, after);
     kill_broker(broker.dir.path());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(broker_in(Some(broker.dir.path())), broker.addr, "the broker came back on its address");
@@ -90,20 +76,16 @@ fn broker_restart(delivery: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let broker = OwnBroker::start();
     let addr = broker.addr.clone();
-    let input = create_topic(&addr, "restart-in", 4);
-    let output = create_topic(&addr, "restart-out", 2);
-    produce_bids(&addr, &input, 4, 30_000, None);
-    let dir = tempfile::tempdir().unwrap();
-    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
-    let chk = dir.path().join("chk");
-    let args = job_args(&addr, &input, &output, &chk, delivery);
+    let sc = Scenario::new(&addr, "restart", 30_000, 2);
+    let (input, output, expected, chk) = (&sc.input, &sc.output, &sc.expected, sc.chk());
+    let args = job_args(&addr, input, output, &chk, delivery);
     let starts = run_through_broker_restart(&broker, &args, &chk.join("auction_windows"), 5);
     println!("{delivery}: finished after {starts} start(s)");
     if delivery == "exactly-once-txn" {
-        assert_exactly(&addr, &output, &expected);
+        assert_exactly(&addr, output, expected);
     } else {
-        assert_eq!(committed_values(&addr, &output), expected, "the rows of a failure-free run");
-        let ids = weir::operators::kafka::published_ids(&addr, &output).unwrap();
+        assert_eq!(&committed_values(&addr, output), expected, "the rows of a failure-free run");
+        let ids = weir::operators::kafka::published_ids(&addr, output).unwrap();
         assert!(ids.values().all(|n| *n == 1), "every (producer, epoch, seq) published once");
     }
 }

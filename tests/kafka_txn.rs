@@ -8,13 +8,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::kafka::{
-    assert_exactly, auction_kafka_args, create_topic, end_offsets, produce_bids, read_topic, reference_rows,
+    assert_exactly, auction_kafka_args, create_topic, end_offsets, produce_bids, read_topic, reference_rows, Scenario,
 };
-use common::{crash_at, example, max_checkpoint, run};
+use common::{crash_at, max_checkpoint, run};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -66,19 +66,16 @@ fn assert_no_open_transaction(addr: &str, topic: &str) {
 fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let addr = common::broker();
-    let input = create_topic(&addr, "txn-in", 4);
-    let output = create_topic(&addr, "txn-out", 2);
-    produce_bids(&addr, &input, 4, 40_000, None);
-    let dir = tempfile::tempdir().unwrap();
-    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
+    let sc = Scenario::new(&addr, "txn", 40_000, 2);
+    let (input, output, expected) = (&sc.input, &sc.output, &sc.expected);
     assert!(expected.len() > 300, "{} rows", expected.len());
 
     // The transaction timeout is checked against the checkpoint settings at start-up.
-    let chk = dir.path().join("chk");
+    let chk = sc.chk();
     let prefix = format!("txn-test-{}", std::process::id());
     let o = run(
         "auction_windows",
-        &with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--transaction-timeout", "100ms"])
+        &with(txn_args(&addr, input, output, &chk, &prefix, 2), &["--transaction-timeout", "100ms"])
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -87,21 +84,21 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--transaction-timeout 100ms is too short"));
 
     // Slow enough that the input outlasts 30 short runs: each makes progress before its kill.
-    let args = with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--rate", "2500"]);
+    let args = with(txn_args(&addr, input, output, &chk, &prefix, 2), &["--rate", "2500"]);
     let points = ["before-sink-commit", "after-checkpoint-complete", "mid-sink-commit", "mid-snapshot"];
     let kills = common::kill_until_done("auction_windows", &args, &chk.join("auction_windows"), &points, &[], 30, 43);
     assert!(kills >= 30 + points.len());
 
-    let committed = assert_exactly(&addr, &output, &expected);
+    let committed = assert_exactly(&addr, output, expected);
     assert!(
         committed.iter().all(|r| r.identity().0.starts_with(&prefix)),
         "transactional ids are <prefix>-<uid>-<subtask>"
     );
-    assert_no_open_transaction(&addr, &output);
+    assert_no_open_transaction(&addr, output);
     // The aborted attempts exist: a read_uncommitted reader sees records of transactions that
     // the restarts aborted, among them an epoch re-produced whole after the crash before its
     // commit (so the test would notice if isolation broke).
-    let all = read_topic(&addr, &output, "read_uncommitted");
+    let all = read_topic(&addr, output, "read_uncommitted");
     assert!(all.len() > committed.len(), "read_uncommitted shows the aborted attempts ({} records)", all.len());
     let mut copies: HashMap<(String, u64, usize), usize> = HashMap::new();
     for r in &all {
@@ -118,7 +115,7 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
     // Each subtask's marker is the last epoch it committed.
     for sub in 0..2 {
         let id = format!("{prefix}-kafka-sink-{sub}");
-        let m = marker(&addr, &id, &output).unwrap_or_else(|| panic!("no marker for {id}"));
+        let m = marker(&addr, &id, output).unwrap_or_else(|| panic!("no marker for {id}"));
         assert!(epochs.contains_key(&(id.clone(), m)), "{id}: the marker {m} is an epoch it sent");
         assert!(epochs.keys().filter(|(p, _)| *p == id).all(|(_, e)| *e <= m), "{id}: every epoch is committed");
     }
@@ -142,10 +139,10 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
         ClientConfig::new().set("bootstrap.servers", &addr).set("transactional.id", &id0).create().unwrap();
     lingering.init_transactions(Duration::from_secs(10)).unwrap();
     lingering.begin_transaction().unwrap();
-    lingering.send(BaseRecord::<(), str>::to(&output).partition(0).payload("lingering")).unwrap();
+    lingering.send(BaseRecord::<(), str>::to(output).partition(0).payload("lingering")).unwrap();
     lingering.flush(Duration::from_secs(10)).unwrap();
     std::mem::forget(lingering);
-    let (lso, end) = (end_offsets(&addr, &output, "read_committed"), end_offsets(&addr, &output, "read_uncommitted"));
+    let (lso, end) = (end_offsets(&addr, output, "read_committed"), end_offsets(&addr, output, "read_uncommitted"));
     assert!(lso[&0] < end[&0], "the lingering transaction holds the LSO: {lso:?} {end:?}");
     let aborted = Command::new(common::weir_cli())
         .args(["kafka", "transactions", "--brokers", &addr, "--checkpoint"])
@@ -155,8 +152,8 @@ fn exactly_once_txn_survives_kills_and_repairs_the_commit_window() {
         .unwrap();
     assert!(aborted.status.success(), "{}", String::from_utf8_lossy(&aborted.stderr));
     assert!(String::from_utf8_lossy(&aborted.stdout).contains("aborted"));
-    assert_no_open_transaction(&addr, &output);
-    assert_exactly(&addr, &output, &expected);
+    assert_no_open_transaction(&addr, output);
+    assert_exactly(&addr, output, expected);
 }
 
 /// Sends `signal` to `pid`.
@@ -169,36 +166,20 @@ fn signal(pid: u32, signal: i32) {
 fn a_frozen_zombie_cannot_write_once_its_successor_runs() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let addr = common::broker();
-    let input = create_topic(&addr, "zombie-in", 4);
-    let output = create_topic(&addr, "zombie-out", 2);
-    produce_bids(&addr, &input, 4, 20_000, None);
-    let dir = tempfile::tempdir().unwrap();
-    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
-    let chk = dir.path().join("chk");
+    let sc = Scenario::new(&addr, "zombie", 20_000, 2);
+    let (input, output, expected, chk) = (&sc.input, &sc.output, &sc.expected, sc.chk());
     let prefix = format!("zombie-{}", std::process::id());
-    let args = with(txn_args(&addr, &input, &output, &chk, &prefix, 2), &["--restart-attempts", "0"]);
+    let args = with(txn_args(&addr, input, output, &chk, &prefix, 2), &["--restart-attempts", "0"]);
 
     // The zombie: frozen with SIGSTOP after a few checkpoints, with a transaction open.
-    let mut zombie = Command::new(example("auction_windows"))
-        .args(with(args.clone(), &["--rate", "1000"]))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job_chk = chk.join("auction_windows");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while max_checkpoint(&job_chk) < 5 {
-        assert!(Instant::now() < deadline, "the first job took no 5 checkpoints in 60 s");
-        assert!(zombie.try_wait().unwrap().is_none(), "the first job ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut zombie = common::spawn("auction_windows", &with(args.clone(), &["--rate", "1000"]));
+    common::await_checkpoint(&mut zombie, &chk.join("auction_windows"), 5);
     signal(zombie.id(), libc::SIGSTOP);
 
     // Its successor restores the latest checkpoint (fencing the zombie's transactional ids and
     // aborting their open transactions) and runs to the end.
     common::run_ok("auction_windows", &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let before = read_topic(&addr, &output, "read_uncommitted").len();
+    let before = read_topic(&addr, output, "read_uncommitted").len();
 
     // The zombie wakes up and carries on where it was: it may write, but none of it may become
     // visible, and it must fail on the fencing rather than finish.
@@ -215,42 +196,38 @@ fn a_frozen_zombie_cannot_write_once_its_successor_runs() {
     std::io::Read::read_to_string(zombie.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "the zombie must not complete after being fenced:\n{stderr}");
     assert!(stderr.to_lowercase().contains("fenced"), "the zombie fails on the fencing:\n{stderr}");
-    let after = read_topic(&addr, &output, "read_uncommitted").len();
+    let after = read_topic(&addr, output, "read_uncommitted").len();
     println!("the zombie wrote {} records after it woke up, none committed", after - before);
-    assert_exactly(&addr, &output, &expected);
-    assert_no_open_transaction(&addr, &output);
+    assert_exactly(&addr, output, expected);
+    assert_no_open_transaction(&addr, output);
 }
 
 #[test]
 fn rescaling_over_open_transactions_commits_or_aborts_vanished_ids() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let addr = common::broker();
-    let input = create_topic(&addr, "rescale-in", 4);
-    let output = create_topic(&addr, "rescale-out", 3);
-    produce_bids(&addr, &input, 4, 30_000, None);
-    let dir = tempfile::tempdir().unwrap();
-    let expected = reference_rows(&addr, &input, &dir.path().join("ref"));
-    let chk = dir.path().join("chk");
+    let sc = Scenario::new(&addr, "rescale", 30_000, 3);
+    let (input, output, expected, chk) = (&sc.input, &sc.output, &sc.expected, sc.chk());
     let job_chk = chk.join("auction_windows");
     let prefix = format!("rescale-{}", std::process::id());
-    let args = |p: usize| with(txn_args(&addr, &input, &output, &chk, &prefix, p), &["--rate", "3000"]);
+    let args = |p: usize| with(txn_args(&addr, input, output, &chk, &prefix, p), &["--rate", "3000"]);
 
     // At parallelism 2, die with checkpoint n complete and its transactions open (not committed).
     crash_at("auction_windows", &args(2), "before-sink-commit", 4);
     // At 3 from 2: ids 0 and 1 repair their epochs, id 2 is new; die the same way.
     crash_at("auction_windows", &args(3), "before-sink-commit", max_checkpoint(&job_chk) + 3);
-    let open = end_offsets(&addr, &output, "read_committed") != end_offsets(&addr, &output, "read_uncommitted");
+    let open = end_offsets(&addr, output, "read_committed") != end_offsets(&addr, output, "read_uncommitted");
     assert!(open, "the crash left transactions open");
     // At 1 from 3: ids 1 and 2 vanish; subtask 0 fences them and commits what the checkpoint
     // holds for them.
     common::run_ok("auction_windows", &args(1).iter().map(String::as_str).collect::<Vec<_>>());
-    let committed = assert_exactly(&addr, &output, &expected);
-    assert_no_open_transaction(&addr, &output);
+    let committed = assert_exactly(&addr, output, expected);
+    assert_no_open_transaction(&addr, output);
     let ids: std::collections::BTreeSet<String> = committed.iter().map(|r| r.identity().0).collect();
     let want: std::collections::BTreeSet<String> = (0..3).map(|s| format!("{prefix}-kafka-sink-{s}")).collect();
     assert_eq!(ids, want, "all three ids wrote committed output");
     for id in &want {
-        let m = marker(&addr, id, &output).unwrap_or_else(|| panic!("no marker for {id}"));
+        let m = marker(&addr, id, output).unwrap_or_else(|| panic!("no marker for {id}"));
         let last = committed.iter().filter(|r| r.identity().0 == *id).map(|r| r.identity().1).max().unwrap();
         assert_eq!(m, last, "{id}: the marker is its last committed epoch");
     }

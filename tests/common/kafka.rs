@@ -241,3 +241,29 @@ pub fn auction_kafka_args(
     ];
     args.iter().map(|s| s.to_string()).collect()
 }
+
+/// The set-up of a Kafka job test: an input topic (4 partitions) holding `bids` bids, an empty
+/// output topic with `out_partitions`, a directory, and the rows of a failure-free run.
+pub struct Scenario {
+    pub input: String,
+    pub output: String,
+    pub dir: tempfile::TempDir,
+    pub expected: Vec<String>,
+}
+
+impl Scenario {
+    pub fn new(addr: &str, name: &str, bids: usize, out_partitions: i32) -> Scenario {
+        let input = create_topic(addr, &format!("{name}-in"), 4);
+        let output = create_topic(addr, &format!("{name}-out"), out_partitions);
+        produce_bids(addr, &input, 4, bids, None);
+        let dir = tempfile::tempdir().unwrap();
+        let expected = reference_rows(addr, &input, &dir.path().join("ref"));
+        assert!(expected.len() > 100, "{} rows", expected.len());
+        Scenario { input, output, dir, expected }
+    }
+
+    /// The job's checkpoint directory (`--checkpoint-dir`).
+    pub fn chk(&self) -> std::path::PathBuf {
+        self.dir.path().join("chk")
+    }
+}

@@ -68,6 +68,28 @@ pub fn run_ok(name: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Starts a job binary with its stderr piped (RUST_LOG=warn), stdout discarded.
+pub fn spawn(name: &str, args: &[String]) -> std::process::Child {
+    Command::new(example(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting job binary")
+}
+
+/// Waits (up to 60 s) until the job writing checkpoints to `job_chk` completed checkpoint `n`,
+/// failing the test if the job ends first.
+pub fn await_checkpoint(job: &mut std::process::Child, job_chk: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while max_checkpoint(job_chk) < n {
+        assert!(Instant::now() < deadline, "no checkpoint {n} within 60 s");
+        assert!(job.try_wait().expect("waiting for the job").is_none(), "the job ended before checkpoint {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a job binary to completion within `limit`, failing the test (after killing the job) if
 /// it takes longer.
 pub fn run_within(name: &str, args: &[&str], limit: Duration) -> Output {
