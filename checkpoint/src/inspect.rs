@@ -2,25 +2,12 @@
 //! entry counts and sizes, operator state (source offsets, pending sink epochs) and watermarks,
 //! decoded without the job's Rust types.
 
-use std::path::Path;
-
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
-use weir_state::snapshot::{original_file_name, SnapshotReader};
+use weir_state::snapshot::SnapshotReader;
 
 use crate::metadata::{LoadedSnapshot, SubtaskSnapshot};
-use crate::storage::link_or_copy;
-
-/// Puts a subtask's keyed files under their original names into `dest`, ready to open.
-pub fn materialize(snapshot: &LoadedSnapshot, sub: &SubtaskSnapshot, dest: &Path) -> Result<()> {
-    std::fs::create_dir_all(dest)?;
-    for f in &sub.keyed_files {
-        let stored =
-            Path::new(&f.path).file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("bad path {}", f.path))?;
-        link_or_copy(&snapshot.base.join(&f.path), &dest.join(original_file_name(stored)))?;
-    }
-    Ok(())
-}
+use crate::storage::materialize;
 
 /// The operator state of a subtask, as JSON.
 pub fn operator_state(snapshot: &LoadedSnapshot, sub: &SubtaskSnapshot) -> Result<Option<serde_json::Value>> {

@@ -1,4 +1,5 @@
-//! Checkpoint and savepoint storage of weir, and the `weir` command-line tool.
+//! Checkpoint and savepoint storage of weir (the `weir` command-line tool that reads it is in the
+//! top-level package).
 //!
 //! * [`metadata`]: the versioned `_metadata` format with checksums, and verification.
 //! * [`storage`]: the layout of a job's checkpoint directory, incremental shared files,
@@ -15,4 +16,4 @@ pub use metadata::{
     load, read_metadata, verify, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, OperatorSnapshot,
     SnapshotKind, SubtaskSnapshot, FORMAT_VERSION, METADATA_FILE as METADATA_FILE_NAME,
 };
-pub use storage::{link_or_copy, CheckpointStorage};
+pub use storage::{link_or_copy, materialize, CheckpointStorage};

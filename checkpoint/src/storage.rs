@@ -15,11 +15,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use weir_state::snapshot::original_file_name;
 
 use crate::metadata::{
     checksum_file, load, read_metadata, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, SnapshotKind,
-    METADATA_FILE,
+    SubtaskSnapshot, METADATA_FILE,
 };
 
 /// Hard-links `src` to `dst`, or copies it where links are impossible (another file system).
@@ -215,4 +216,15 @@ impl CheckpointStorage {
         write_metadata(&dir, &meta)?;
         Ok(dir)
     }
+}
+
+/// Puts a subtask's keyed files under their original names into `dest`, ready to open.
+pub fn materialize(snapshot: &LoadedSnapshot, sub: &SubtaskSnapshot, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest)?;
+    for f in &sub.keyed_files {
+        let stored =
+            Path::new(&f.path).file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("bad path {}", f.path))?;
+        link_or_copy(&snapshot.base.join(&f.path), &dest.join(original_file_name(stored)))?;
+    }
+    Ok(())
 }

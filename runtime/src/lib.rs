@@ -10,8 +10,11 @@
 
 #![warn(missing_docs)]
 
+mod api;
 mod args;
+mod attempt;
 mod checkpointing;
+mod context;
 mod control;
 mod driver;
 mod element;
@@ -19,18 +22,22 @@ mod error;
 mod exec;
 pub mod fault;
 mod graph;
+mod launch;
 mod metrics;
 mod operator;
 mod output;
+mod plan;
+mod port;
+mod progress;
 mod source;
 mod task;
 mod time;
 
+pub use api::{ConnectedStreams, DataStream, KeyedConnectedStreams, KeyedStream, StreamEnv};
 pub use args::{parse_bytes, parse_duration, JobArgs};
 pub use element::{CheckpointBarrier, Data, Record, StreamElement, MAX_WATERMARK};
 pub use error::Cancelled;
 pub use exec::JobResult;
-pub use graph::{ConnectedStreams, DataStream, KeyedConnectedStreams, KeyedStream, StreamEnv};
 pub use metrics::JobMetrics;
 pub use operator::{
     CoOperator, Collector, Counter, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator, Operator,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
+use crate::checkpointing::BarrierAligner;
 use crate::element::{CheckpointBarrier, Data, StreamElement, MAX_WATERMARK};
 use crate::error::Cancelled;
 use crate::metrics::TaskStats;
@@ -144,16 +145,12 @@ pub(crate) fn run_input_task(
         bail!("internal error: a task without inputs that is not a source");
     }
     let mut marks = InputWatermarks::new(n);
-    // Barrier alignment: a channel that delivered the pending barrier is not read again until
-    // every other open channel delivered it too.
-    let mut blocked = vec![false; n];
+    let mut aligner = BarrierAligner::new(n);
     let mut disconnected = vec![false; n];
-    let mut pending_barrier: Option<CheckpointBarrier> = None;
     let mut end_handled = false;
     let mut terminal: Option<u64> = None;
     let mut last_flush = Instant::now();
     let mut last_look = Instant::now();
-    let mut align_started = Instant::now();
     let stats = &env.stats;
     loop {
         if last_look.elapsed() >= Duration::from_millis(100) {
@@ -181,7 +178,7 @@ pub(crate) fn run_input_task(
             for (i, ch) in inputs.iter().enumerate() {
                 // Ended channels stay open under checkpointing: the final barrier still comes through.
                 let open = !marks.ended[i] || env.checkpointing;
-                if open && !disconnected[i] && !blocked[i] {
+                if open && !disconnected[i] && !aligner.is_blocked(i) {
                     ch.register(&mut sel);
                     which.push(Some(i));
                 }
@@ -238,23 +235,13 @@ pub(crate) fn run_input_task(
                     }
                 }
                 Event::Barrier(b) => {
-                    if pending_barrier.is_some_and(|p| p.id != b.id) {
-                        bail!("internal error: barrier {} arrived while aligning another", b.id);
-                    }
-                    if pending_barrier.is_none() {
-                        align_started = Instant::now();
-                    }
-                    pending_barrier = Some(b);
-                    blocked[i] = true;
-                    if (0..n).all(|j| blocked[j] || disconnected[j]) {
-                        stats.alignment_ns.store(align_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    if let Some((b, took)) = aligner.on_barrier(i, b, |j| !disconnected[j])? {
+                        stats.alignment_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
                         stats.alignment_id.store(b.id, Ordering::Relaxed);
                         head.barrier(b)?;
                         if b.terminal {
                             terminal = Some(b.id);
                         }
-                        pending_barrier = None;
-                        blocked.iter_mut().for_each(|x| *x = false);
                     }
                     break;
                 }

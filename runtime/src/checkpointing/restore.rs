@@ -1,94 +1,14 @@
-//! Checkpointing on the task side and behind the coordinator: what tasks report, how a subtask
-//! restores from a snapshot, and the I/O thread that stores snapshots off the task threads.
+//! Restoring: which snapshot a run starts from, whether it fits the job, and how a subtask
+//! rebuilds its keyed and operator state from it (also after a change of parallelism).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::{Receiver, Sender};
-use weir_checkpoint::inspect::materialize;
-use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, LoadedSnapshot, SnapshotKind, SubtaskSnapshot};
+use anyhow::{bail, Context, Result};
+use weir_checkpoint::{materialize, CheckpointStorage, FileRef, LoadedSnapshot, SnapshotKind};
 use weir_state::snapshot::original_file_name;
 use weir_state::{KeyGroupRange, KeyedStateBackend, StateMemory};
-
-use crate::metrics::TaskStats;
-
-/// What a task needs to take part in checkpoints.
-#[derive(Clone)]
-pub(crate) struct CheckpointEnv {
-    pub events: Sender<TaskEvent>,
-    /// Where local RocksDB checkpoints are made (same file system as the working state).
-    pub local_root: PathBuf,
-    pub node: usize,
-    /// The task's time accounting (alignment durations).
-    pub stats: Arc<TaskStats>,
-}
-
-/// The synchronous part of one subtask's snapshot, before it is stored.
-pub(crate) struct LocalSnapshot {
-    pub local_db: Option<PathBuf>,
-    pub operator_state: Option<Vec<u8>>,
-    pub watermark: i64,
-    pub key_groups: Option<KeyGroupRange>,
-    pub timing: SnapshotTiming,
-}
-
-/// How long the task side of one subtask's snapshot took.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SnapshotTiming {
-    /// From the first barrier to the last one of the inputs.
-    pub alignment_ms: f64,
-    /// The synchronous part: operator state and the local RocksDB checkpoint.
-    pub sync_ms: f64,
-    pub acked_at: std::time::Instant,
-}
-
-impl SnapshotTiming {
-    pub(crate) fn since(started: std::time::Instant, alignment_ms: f64) -> Self {
-        SnapshotTiming {
-            alignment_ms,
-            sync_ms: started.elapsed().as_secs_f64() * 1e3,
-            acked_at: std::time::Instant::now(),
-        }
-    }
-}
-
-/// Sent by tasks to the coordinator.
-pub(crate) enum TaskEvent {
-    Ack {
-        id: u64,
-        node: usize,
-        subtask: usize,
-        snapshot: LocalSnapshot,
-    },
-    /// A source subtask read all its input and waits for the final checkpoint.
-    SourceEnded,
-}
-
-impl CheckpointEnv {
-    pub(crate) fn ack(&self, id: u64, subtask: usize, snapshot: LocalSnapshot) {
-        // The coordinator only goes away when the job is torn down; then nobody needs the ack.
-        let _ = self.events.send(TaskEvent::Ack { id, node: self.node, subtask, snapshot });
-    }
-
-    /// Takes a local RocksDB checkpoint of `backend` for checkpoint `id`.
-    pub(crate) fn snapshot_backend(
-        &self,
-        backend: &mut KeyedStateBackend,
-        uid: &str,
-        subtask: usize,
-        id: u64,
-    ) -> Result<PathBuf> {
-        let dir = self.local_root.join(format!("{uid}-{subtask}-{id}"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&self.local_root)?;
-        backend.checkpoint_to(&dir)?;
-        Ok(dir)
-    }
-}
 
 /// The snapshot a run starts from.
 pub(crate) struct Restore {
@@ -177,107 +97,6 @@ impl Restore {
         out
     }
 }
-
-/// Work for the checkpoint I/O thread, done in order.
-pub(crate) enum IoJob {
-    Upload { id: u64, node: usize, uid: String, subtask: usize, snapshot: LocalSnapshot },
-    Finalize { meta: CheckpointMetadata, savepoint_root: Option<PathBuf>, retain: usize },
-    Discard { snapshot: LocalSnapshot },
-}
-
-/// What the I/O thread reports.
-pub(crate) enum IoDone {
-    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64, timing: SnapshotTiming, async_ms: f64 },
-    Finalized { id: u64, savepoint: Option<PathBuf>, bytes: u64 },
-    Failed { id: u64, error: String },
-}
-
-fn discard(snapshot: &LocalSnapshot) {
-    if let Some(dir) = &snapshot.local_db {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-/// Stores snapshots and completes checkpoints; runs until `jobs` is closed.
-pub(crate) fn io_thread(
-    storage: CheckpointStorage,
-    run: String,
-    mut known: HashMap<(String, usize), HashMap<String, FileRef>>,
-    jobs: Receiver<IoJob>,
-    done: Sender<IoDone>,
-) {
-    for job in jobs {
-        let report = match job {
-            IoJob::Upload { id, node, uid, subtask, snapshot } => {
-                let started = std::time::Instant::now();
-                let timing = snapshot.timing;
-                let files = known.entry((uid.clone(), subtask)).or_default();
-                let before: u64 = files.values().map(|f| f.size).sum();
-                let r = storage.upload_subtask(
-                    id,
-                    &uid,
-                    subtask,
-                    &run,
-                    snapshot.local_db.as_deref(),
-                    snapshot.operator_state.as_deref(),
-                    files,
-                );
-                discard(&snapshot);
-                let after: u64 = files.values().map(|f| f.size).sum();
-                match r {
-                    Ok((keyed_files, operator_state)) => IoDone::Uploaded {
-                        id,
-                        node,
-                        timing,
-                        async_ms: started.elapsed().as_secs_f64() * 1e3,
-                        new_bytes: after.saturating_sub(before)
-                            + operator_state.as_ref().map_or(0, |f| f.size)
-                            + keyed_files
-                                .iter()
-                                .filter(|f| !f.path.starts_with("shared/"))
-                                .map(|f| f.size)
-                                .sum::<u64>(),
-                        snapshot: SubtaskSnapshot {
-                            subtask,
-                            key_groups: snapshot.key_groups,
-                            keyed_files,
-                            operator_state,
-                            watermark: snapshot.watermark,
-                        },
-                    },
-                    Err(e) => {
-                        IoDone::Failed { id, error: format!("storing the snapshot of {uid} subtask {subtask}: {e:#}") }
-                    }
-                }
-            }
-            IoJob::Finalize { meta, savepoint_root, retain } => {
-                let id = meta.checkpoint_id;
-                let bytes = meta.files().map(|f| f.size).sum();
-                let r = (|| -> Result<Option<PathBuf>> {
-                    storage.complete(&meta)?;
-                    let sp = match savepoint_root {
-                        Some(root) => Some(storage.write_savepoint(&meta, &root)?),
-                        None => None,
-                    };
-                    storage.retain(retain)?;
-                    Ok(sp)
-                })();
-                match r {
-                    Ok(savepoint) => IoDone::Finalized { id, savepoint, bytes },
-                    Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
-                }
-            }
-            IoJob::Discard { snapshot } => {
-                discard(&snapshot);
-                continue;
-            }
-        };
-        if done.send(report).is_err() {
-            return;
-        }
-    }
-}
-
 /// Loads the snapshot `--restore` names: `none`, `latest`, or a path.
 pub(crate) fn initial_restore(spec: &str, storage: Option<&CheckpointStorage>) -> Result<Option<LoadedSnapshot>> {
     match spec {
@@ -333,14 +152,10 @@ pub(crate) fn check_restore(
 /// A shared, immutable restore source.
 pub(crate) type SharedRestore = Option<Arc<Restore>>;
 
-pub(crate) fn missing(what: &str) -> anyhow::Error {
-    anyhow!("internal error: {what}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_checkpoint::OperatorSnapshot;
+    use weir_checkpoint::{CheckpointMetadata, OperatorSnapshot, SubtaskSnapshot};
 
     /// A checkpoint of operator `counts` at `parallelism`, each subtask with a stored
     /// `000010.sst` of its own.

@@ -1,0 +1,111 @@
+//! The checkpoint I/O thread: stores subtask snapshots and completes checkpoints in order, off
+//! the task threads, so a slow store delays only checkpoints, never records.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use crossbeam_channel::{Receiver, Sender};
+use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, SubtaskSnapshot};
+
+use super::task::{LocalSnapshot, SnapshotTiming};
+
+/// Work for the checkpoint I/O thread, done in order.
+pub(crate) enum IoJob {
+    Upload { id: u64, node: usize, uid: String, subtask: usize, snapshot: LocalSnapshot },
+    Finalize { meta: CheckpointMetadata, savepoint_root: Option<PathBuf>, retain: usize },
+    Discard { snapshot: LocalSnapshot },
+}
+
+/// What the I/O thread reports.
+pub(crate) enum IoDone {
+    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64, timing: SnapshotTiming, async_ms: f64 },
+    Finalized { id: u64, savepoint: Option<PathBuf>, bytes: u64 },
+    Failed { id: u64, error: String },
+}
+
+fn discard(snapshot: &LocalSnapshot) {
+    if let Some(dir) = &snapshot.local_db {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Stores snapshots and completes checkpoints; runs until `jobs` is closed.
+pub(crate) fn io_thread(
+    storage: CheckpointStorage,
+    run: String,
+    mut known: HashMap<(String, usize), HashMap<String, FileRef>>,
+    jobs: Receiver<IoJob>,
+    done: Sender<IoDone>,
+) {
+    for job in jobs {
+        let report = match job {
+            IoJob::Upload { id, node, uid, subtask, snapshot } => {
+                let started = std::time::Instant::now();
+                let timing = snapshot.timing;
+                let files = known.entry((uid.clone(), subtask)).or_default();
+                let before: u64 = files.values().map(|f| f.size).sum();
+                let r = storage.upload_subtask(
+                    id,
+                    &uid,
+                    subtask,
+                    &run,
+                    snapshot.local_db.as_deref(),
+                    snapshot.operator_state.as_deref(),
+                    files,
+                );
+                discard(&snapshot);
+                let after: u64 = files.values().map(|f| f.size).sum();
+                match r {
+                    Ok((keyed_files, operator_state)) => IoDone::Uploaded {
+                        id,
+                        node,
+                        timing,
+                        async_ms: started.elapsed().as_secs_f64() * 1e3,
+                        new_bytes: after.saturating_sub(before)
+                            + operator_state.as_ref().map_or(0, |f| f.size)
+                            + keyed_files
+                                .iter()
+                                .filter(|f| !f.path.starts_with("shared/"))
+                                .map(|f| f.size)
+                                .sum::<u64>(),
+                        snapshot: SubtaskSnapshot {
+                            subtask,
+                            key_groups: snapshot.key_groups,
+                            keyed_files,
+                            operator_state,
+                            watermark: snapshot.watermark,
+                        },
+                    },
+                    Err(e) => {
+                        IoDone::Failed { id, error: format!("storing the snapshot of {uid} subtask {subtask}: {e:#}") }
+                    }
+                }
+            }
+            IoJob::Finalize { meta, savepoint_root, retain } => {
+                let id = meta.checkpoint_id;
+                let bytes = meta.files().map(|f| f.size).sum();
+                let r = (|| -> Result<Option<PathBuf>> {
+                    storage.complete(&meta)?;
+                    let sp = match savepoint_root {
+                        Some(root) => Some(storage.write_savepoint(&meta, &root)?),
+                        None => None,
+                    };
+                    storage.retain(retain)?;
+                    Ok(sp)
+                })();
+                match r {
+                    Ok(savepoint) => IoDone::Finalized { id, savepoint, bytes },
+                    Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
+                }
+            }
+            IoJob::Discard { snapshot } => {
+                discard(&snapshot);
+                continue;
+            }
+        };
+        if done.send(report).is_err() {
+            return;
+        }
+    }
+}
