@@ -39,7 +39,7 @@ impl Drop for OwnBroker {
 fn run_through_broker_restart(broker: &OwnBroker, args: &[String], job_chk: &std::path::Path, after: u64) -> usize {
     let spawn = || common::spawn("auction_windows", args);
     let mut job = spawn();
-    common::await_checkpoint(&mut job, job_chk, after);
+    common::await_checkpoint(&mut job.child, job_chk, after);
     kill_broker(broker.dir.path());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(broker_in(Some(broker.dir.path())), broker.addr, "the broker came back on its address");
@@ -50,19 +50,34 @@ fn run_through_broker_restart(broker: &OwnBroker, args: &[String], job_chk: &std
             if let Some(s) = job.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "the job did not finish within 400 s of the broker restart");
+            if Instant::now() > deadline {
+                panic!("the job did not finish within 400 s of the broker restart\n{}", hung_job_report(&mut job));
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         if status.success() {
             return starts;
         }
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let stderr = job.log();
         assert!(starts < 5, "the job failed {starts} times after the broker restart; last:\n{stderr}");
         eprintln!("the job failed after the broker restart (start {starts}); starting it again:\n{stderr}");
         job = spawn();
         starts += 1;
     }
+}
+
+/// What a job that hangs is doing: its threads' stacks (where gdb is installed) and its log,
+/// after it is killed.
+fn hung_job_report(job: &mut common::Job) -> String {
+    let stacks = std::process::Command::new("gdb")
+        .args(["-p", &job.id().to_string(), "-batch", "-ex", "thread apply all bt 12"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"));
+    let _ = job.kill();
+    let _ = job.wait();
+    let stderr = job.log();
+    format!("threads:\n{stacks}\nlog:\n{stderr}")
 }
 
 fn job_args(addr: &str, input: &str, output: &str, chk: &std::path::Path, delivery: &str) -> Vec<String> {

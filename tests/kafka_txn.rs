@@ -173,7 +173,7 @@ fn a_frozen_zombie_cannot_write_once_its_successor_runs() {
 
     // The zombie: frozen with SIGSTOP after a few checkpoints, with a transaction open.
     let mut zombie = common::spawn("auction_windows", &with(args.clone(), &["--rate", "1000"]));
-    common::await_checkpoint(&mut zombie, &chk.join("auction_windows"), 5);
+    common::await_checkpoint(&mut zombie.child, &chk.join("auction_windows"), 5);
     signal(zombie.id(), libc::SIGSTOP);
 
     // Its successor restores the latest checkpoint (fencing the zombie's transactional ids and
@@ -192,8 +192,7 @@ fn a_frozen_zombie_cannot_write_once_its_successor_runs() {
         assert!(Instant::now() < deadline, "the zombie neither failed nor finished in 120 s");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(zombie.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = zombie.log();
     assert!(!status.success(), "the zombie must not complete after being fenced:\n{stderr}");
     assert!(stderr.to_lowercase().contains("fenced"), "the zombie fails on the fencing:\n{stderr}");
     let after = read_topic(&addr, output, "read_uncommitted").len();

@@ -68,15 +68,46 @@ pub fn run_ok(name: &str, args: &[&str]) -> Output {
     out
 }
 
-/// Starts a job binary with its stderr piped (RUST_LOG=warn), stdout discarded.
-pub fn spawn(name: &str, args: &[String]) -> std::process::Child {
-    Command::new(example(name))
+/// Starts a job binary in the background (RUST_LOG=warn): its log goes to a file, stdout is
+/// discarded.
+pub fn spawn(name: &str, args: &[String]) -> Job {
+    // The log goes to a file: a pipe that nobody reads before the job ends stalls a job that
+    // logs more than the pipe holds (a broker outage makes librdkafka and the job log a lot).
+    let log = tempfile::NamedTempFile::new().expect("creating a job log");
+    let child = Command::new(example(name))
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log.reopen().expect("opening the job log"))
         .spawn()
-        .expect("starting job binary")
+        .expect("starting job binary");
+    Job { child, log }
+}
+
+/// A job binary running in the background, as [`spawn`] started it.
+pub struct Job {
+    pub child: std::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Job {
+    /// What the job logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Job {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.child
+    }
 }
 
 /// Waits (up to 60 s) until the job writing checkpoints to `job_chk` completed checkpoint `n`,
@@ -93,23 +124,35 @@ pub fn await_checkpoint(job: &mut std::process::Child, job_chk: &Path, n: u64) {
 /// Runs a job binary to completion within `limit`, failing the test (after killing the job) if
 /// it takes longer.
 pub fn run_within(name: &str, args: &[&str], limit: Duration) -> Output {
+    // Output goes to files, read at the end: pipes nobody reads while the job runs would stall
+    // a job that writes more than a pipe holds.
+    let (out, err) = (tempfile::tempfile().expect("stdout file"), tempfile::tempfile().expect("stderr file"));
     let mut child = Command::new(example(name))
         .args(args)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out.try_clone().expect("stdout file"))
+        .stderr(err.try_clone().expect("stderr file"))
         .spawn()
         .expect("starting job binary");
     let deadline = Instant::now() + limit;
-    while child.try_wait().expect("waiting for the job").is_none() {
+    let read = |mut f: &std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).and_then(|_| f.read_to_end(&mut v)).expect("reading job output");
+        v
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the job") {
+            break status;
+        }
         if Instant::now() > deadline {
             child.kill().expect("killing the job");
-            let out = child.wait_with_output().expect("reaping the job");
-            panic!("{name} {args:?} did not finish within {limit:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+            let _ = child.wait();
+            panic!("{name} {args:?} did not finish within {limit:?}:\n{}", String::from_utf8_lossy(&read(&err)));
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("reaping the job")
+    };
+    Output { status, stdout: read(&out), stderr: read(&err) }
 }
 
 /// Runs a job binary to completion.
