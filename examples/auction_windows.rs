@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
+use weir::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 

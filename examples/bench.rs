@@ -12,8 +12,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use weir::nexmark::{Event, NexmarkConfig};
 use weir::operators::sources::nexmark::{bid_event_number, generate_event};
-use weir::prelude::*;
 
 mod measure;
 

@@ -16,8 +16,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use weir::nexmark::{Event, NexmarkConfig};
 use weir::operators::sources::nexmark::{bid_event_number, generate_event};
-use weir::prelude::*;
 
 /// Writes generated Nexmark bids or a file's lines to a Kafka topic (creating it if needed).
 #[derive(Parser, Debug)]

@@ -24,15 +24,13 @@ pub use weir_runtime as runtime;
 pub use weir_state as state;
 
 mod functions;
+pub mod nexmark;
 
 /// Everything a job needs, in one import.
 pub mod prelude {
     pub use crate::functions::{Count, Max, Sum};
     pub use weir_operators::sinks::{Collected, ConsoleTable, FileSink};
-    pub use weir_operators::sources::nexmark::{Auction, Bid, Event, Person};
-    pub use weir_operators::sources::{
-        DeadLetter, FileSource, HttpSource, NexmarkConfig, NexmarkSource, SocketSource, VecSource,
-    };
+    pub use weir_operators::sources::{DeadLetter, FileSource, HttpSource, SocketSource, VecSource};
     pub use weir_operators::window::{
         EventTimeSessionWindows, GlobalWindows, SlidingEventTimeWindows, TimeWindow, TumblingEventTimeWindows,
         TumblingProcessingTimeWindows,

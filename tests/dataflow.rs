@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::Rng;
+use weir::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use weir::prelude::*;
 use weir::runtime::{SourceOutput, SourcePoll, SourceReader, TaskInfo};
 

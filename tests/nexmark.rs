@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use common::example;
+use weir::nexmark::{Auction, Bid, Event, NexmarkConfig, Person};
 use weir::operators::sources::nexmark::generate_event;
-use weir::prelude::*;
 
 const EVENTS: u64 = 150_000;
 

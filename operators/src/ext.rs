@@ -9,6 +9,7 @@ use weir_runtime::{Data, DataStream, KeyedOperator, KeyedStream, Operator};
 use weir_state::AggregateFunction;
 
 use crate::basic::{Filter, FlatMap, Map, TryMap};
+use crate::kafka::Delivery;
 use crate::keyed::{RollingAggregate, RollingReduce};
 use crate::sinks::{CollectSink, Collected, ConsoleTable, FileSink, PrintSink};
 use crate::window::{WindowAssigner, WindowedStream};
@@ -100,7 +101,12 @@ impl<T: Data> DataStreamExt<T> for DataStream<T> {
         self.transform("collect", move |_| CollectSink::new(target.clone()))
     }
     fn write_kafka(&self, sink: crate::kafka::KafkaSink<T>) -> DataStream<()> {
-        self.transform("kafka-sink", move |_| sink.operator())
+        // Each delivery mode is an operator type of its own.
+        match sink.delivery() {
+            Delivery::AtLeastOnce => self.transform("kafka-sink", move |_| sink.at_least_once()),
+            Delivery::ExactlyOncePublish => self.transform("kafka-sink", move |info| sink.publish(info.subtask)),
+            Delivery::ExactlyOnceTxn => self.transform("kafka-sink", move |info| sink.transactional(info.subtask)),
+        }
     }
 }
 

@@ -20,7 +20,8 @@ use crate::graph::{EdgeSpec, Graph, NodeKind, NodeSpec, OpFactory, Partition, Po
 use crate::operator::{CoOperator, KeyedCoOperator, KeyedOperator, Operator, OutputTag, TaskInfo};
 use crate::output::{KeyGroupFn, TaskHead};
 use crate::port::{typed_port, unbox_output, PortType};
-use crate::source::{RunnableSource, Source, SourceTask};
+use crate::source::Source;
+use crate::source_task::{AlignmentGroup, RunnableSource, SourceTask};
 use crate::time::WatermarkStrategy;
 
 /// The entry point of a job: add sources, transform streams, then [`execute`](StreamEnv::execute).
@@ -55,7 +56,7 @@ impl StreamEnv {
     ) -> DataStream<T> {
         let max_parallelism = source.max_parallelism();
         let source = Arc::new(source);
-        let alignment = crate::source::AlignmentGroup::default();
+        let alignment = AlignmentGroup::default();
         let factory: SourceFactory = Arc::new(move |ctx: BuildContext| {
             let reader = source.create_reader(&ctx.info)?;
             let env = ctx.driver_env(false)?;

@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::context::BuildContext;
 use crate::output::TaskHead;
 use crate::port::PortType;
-use crate::source::RunnableSource;
+use crate::source_task::RunnableSource;
 
 /// How records of an edge are distributed over the consumer's subtasks.
 #[derive(Clone)]

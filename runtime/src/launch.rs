@@ -21,7 +21,7 @@ use crate::metrics::JobMetrics;
 use crate::operator::TaskInfo;
 use crate::output::{SendEnv, TaskHead};
 use crate::plan::Plan;
-use crate::source::RunnableSource;
+use crate::source_task::RunnableSource;
 use crate::task::{run_input_task, Control, InputChannel, TaskEnv};
 
 /// Channels ends of one task, before its thread builds the operators.

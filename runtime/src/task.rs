@@ -134,6 +134,108 @@ impl InputWatermarks {
     }
 }
 
+/// What a task with inputs tracks between elements.
+struct InputState {
+    marks: InputWatermarks,
+    aligner: BarrierAligner,
+    disconnected: Vec<bool>,
+    end_handled: bool,
+    /// The terminal checkpoint passed: exit once it completes.
+    terminal: Option<u64>,
+}
+
+/// What to do after one element.
+enum Flow {
+    /// Take the next element of the same channel.
+    Next,
+    /// Go back to waiting on all channels.
+    Wait,
+    /// The task is done.
+    Exit,
+}
+
+impl InputState {
+    /// Handles a control message: `Exit` once the terminal checkpoint completed, an error on cancel.
+    fn on_control(&mut self, msg: Result<Control, TryRecvError>, head: &mut dyn TaskHead) -> Result<Flow> {
+        match msg {
+            Ok(Control::Cancel) | Err(TryRecvError::Disconnected) => Err(Cancelled.into()),
+            Ok(Control::Complete(id)) => {
+                head.checkpoint_complete(id)?;
+                if self.terminal.is_some_and(|t| id >= t) {
+                    head.flush()?;
+                    return Ok(Flow::Exit);
+                }
+                Ok(Flow::Wait)
+            }
+            Ok(Control::Trigger(_)) => bail!("internal error: checkpoint trigger sent to a task with inputs"),
+            Err(TryRecvError::Empty) => Ok(Flow::Wait),
+        }
+    }
+
+    /// Handles one element of channel `i`.
+    fn on_event(&mut self, i: usize, event: Event, head: &mut dyn TaskHead, env: &TaskEnv) -> Result<Flow> {
+        let marks = &mut self.marks;
+        match event {
+            Event::Empty => return Ok(Flow::Wait),
+            Event::Data => {
+                if marks.idle[i] {
+                    marks.activate(i);
+                }
+            }
+            Event::Watermark(w) => {
+                marks.wm[i] = marks.wm[i].max(w);
+                marks.activate(i);
+                if let Some(w) = marks.advance() {
+                    head.watermark(w)?;
+                }
+            }
+            Event::Idle => {
+                if marks.set_idle(i) {
+                    head.flush()?;
+                    head.idle()?;
+                } else if let Some(w) = marks.advance() {
+                    head.watermark(w)?;
+                }
+            }
+            Event::Barrier(b) => {
+                let disconnected = &self.disconnected;
+                if let Some((b, took)) = self.aligner.on_barrier(i, b, |j| !disconnected[j])? {
+                    env.stats.alignment_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
+                    env.stats.alignment_id.store(b.id, Ordering::Relaxed);
+                    head.barrier(b)?;
+                    if b.terminal {
+                        self.terminal = Some(b.id);
+                    }
+                }
+                return Ok(Flow::Wait);
+            }
+            Event::End => {
+                marks.ended[i] = true;
+                if let Some(w) = marks.advance() {
+                    head.watermark(w)?;
+                }
+                if marks.ended.iter().all(|e| *e) && !self.end_handled {
+                    self.end_handled = true;
+                    head.end_of_input()?;
+                    head.flush()?;
+                    if !env.checkpointing {
+                        return Ok(Flow::Exit);
+                    }
+                }
+                return Ok(Flow::Wait);
+            }
+            Event::Disconnected if marks.ended[i] => {
+                self.disconnected[i] = true;
+                return Ok(Flow::Wait);
+            }
+            Event::Disconnected => return Err(Cancelled.into()),
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Runs a task with inputs until its input ended (and, when checkpointing, its terminal
+/// checkpoint completed), it is cancelled, or it fails.
 pub(crate) fn run_input_task(
     head: &mut dyn TaskHead,
     inputs: Vec<Box<dyn InputChannel>>,
@@ -144,11 +246,13 @@ pub(crate) fn run_input_task(
     if n == 0 {
         bail!("internal error: a task without inputs that is not a source");
     }
-    let mut marks = InputWatermarks::new(n);
-    let mut aligner = BarrierAligner::new(n);
-    let mut disconnected = vec![false; n];
-    let mut end_handled = false;
-    let mut terminal: Option<u64> = None;
+    let mut st = InputState {
+        marks: InputWatermarks::new(n),
+        aligner: BarrierAligner::new(n),
+        disconnected: vec![false; n],
+        end_handled: false,
+        terminal: None,
+    };
     let mut last_flush = Instant::now();
     let mut last_look = Instant::now();
     let stats = &env.stats;
@@ -177,8 +281,8 @@ pub(crate) fn run_input_task(
             let mut which = Vec::with_capacity(n + 1);
             for (i, ch) in inputs.iter().enumerate() {
                 // Ended channels stay open under checkpointing: the final barrier still comes through.
-                let open = !marks.ended[i] || env.checkpointing;
-                if open && !disconnected[i] && !aligner.is_blocked(i) {
+                let open = !st.marks.ended[i] || env.checkpointing;
+                if open && !st.disconnected[i] && !st.aligner.is_blocked(i) {
                     ch.register(&mut sel);
                     which.push(Some(i));
                 }
@@ -193,79 +297,23 @@ pub(crate) fn run_input_task(
             stats.add_idle(waiting);
             r
         };
-        let i = match ready {
-            None => continue,
-            Some(None) => match control.try_recv() {
-                Ok(Control::Cancel) | Err(TryRecvError::Disconnected) => return Err(Cancelled.into()),
-                Ok(Control::Complete(id)) => {
-                    head.checkpoint_complete(id)?;
-                    if terminal.is_some_and(|t| id >= t) {
-                        head.flush()?;
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Ok(Control::Trigger(_)) => bail!("internal error: checkpoint trigger sent to a task with inputs"),
-                Err(TryRecvError::Empty) => continue,
-            },
-            Some(Some(i)) => i,
-        };
-        // Drain a few elements from the ready channel to amortise the select.
-        for _ in 0..32 {
-            match inputs[i].poll(head)? {
-                Event::Empty => break,
-                Event::Data => {
-                    if marks.idle[i] {
-                        marks.activate(i);
+        let flow = match ready {
+            None => Flow::Wait,
+            Some(None) => st.on_control(control.try_recv(), head)?,
+            // Drain a few elements from the ready channel to amortise the select.
+            Some(Some(i)) => {
+                let mut flow = Flow::Wait;
+                for _ in 0..32 {
+                    flow = st.on_event(i, inputs[i].poll(head)?, head, env)?;
+                    if !matches!(flow, Flow::Next) {
+                        break;
                     }
                 }
-                Event::Watermark(w) => {
-                    marks.wm[i] = marks.wm[i].max(w);
-                    marks.activate(i);
-                    if let Some(w) = marks.advance() {
-                        head.watermark(w)?;
-                    }
-                }
-                Event::Idle => {
-                    if marks.set_idle(i) {
-                        head.flush()?;
-                        head.idle()?;
-                    } else if let Some(w) = marks.advance() {
-                        head.watermark(w)?;
-                    }
-                }
-                Event::Barrier(b) => {
-                    if let Some((b, took)) = aligner.on_barrier(i, b, |j| !disconnected[j])? {
-                        stats.alignment_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
-                        stats.alignment_id.store(b.id, Ordering::Relaxed);
-                        head.barrier(b)?;
-                        if b.terminal {
-                            terminal = Some(b.id);
-                        }
-                    }
-                    break;
-                }
-                Event::End => {
-                    marks.ended[i] = true;
-                    if let Some(w) = marks.advance() {
-                        head.watermark(w)?;
-                    }
-                    if marks.ended.iter().all(|e| *e) && !end_handled {
-                        end_handled = true;
-                        head.end_of_input()?;
-                        head.flush()?;
-                        if !env.checkpointing {
-                            return Ok(());
-                        }
-                    }
-                    break;
-                }
-                Event::Disconnected if marks.ended[i] => {
-                    disconnected[i] = true;
-                    break;
-                }
-                Event::Disconnected => return Err(Cancelled.into()),
+                flow
             }
+        };
+        if matches!(flow, Flow::Exit) {
+            return Ok(());
         }
     }
 }

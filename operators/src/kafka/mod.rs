@@ -2,12 +2,19 @@
 //! and a sink that delivers at least once or exactly once.
 
 mod args;
+mod at_least_once;
+mod producer;
+mod publish;
 mod sink;
 mod source;
+mod state;
+mod txn;
 
 pub use args::KafkaArgs;
-pub use sink::{
-    check_transaction_timeout, published_ids, Delivery, KafkaSink, KafkaSinkOperator, Serializer,
-    DEFAULT_TRANSACTION_TIMEOUT,
-};
+pub use at_least_once::KafkaAtLeastOnceSink;
+pub use producer::published_ids;
+pub use publish::KafkaPublishSink;
+pub use sink::{check_transaction_timeout, Delivery, KafkaSink, Serializer, DEFAULT_TRANSACTION_TIMEOUT};
 pub use source::{KafkaSource, StartOffsets};
+pub use state::{Epoch, KafkaSinkMeta, KafkaSinkState, OutRecord};
+pub use txn::KafkaTxnSink;

@@ -4,7 +4,7 @@
 //!
 //! Without checkpoints a subtask writes one visible file per bucket, `part-<subtask>.<ext>`.
 //! With checkpoints the sink is exactly-once (two-phase commit, as Flink's and Spark's file
-//! sinks): records go to a hidden in-progress file (`.part-<subtask>-<seq>.<ext>.inprogress`,
+//! sinks, driven by [`TwoPhaseCommitOperator`]: each closed file is one transaction): records go to a hidden in-progress file (`.part-<subtask>-<seq>.<ext>.inprogress`,
 //! skipped by readers); at checkpoint `n` the file is closed, fsynced and recorded in the sink's
 //! state as pending; when checkpoint `n` completes it is renamed to
 //! `part-<subtask>-<n>.<ext>`. A crash between completion and rename is repaired on restore,
@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use weir_runtime::fault::crash_point;
-use weir_runtime::{Collector, Data, Operator, OperatorContext, Record, TaskInfo};
+use weir_runtime::{Data, OperatorContext, TaskInfo};
 
 use super::parquet::ParquetPart;
+use super::two_phase::{SinkSnapshot, Transaction, TwoPhaseCommitOperator, TwoPhaseCommitSink};
 
 /// The format of part files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl FileFormat {
 
 type BucketFn<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
 
-/// Where and how a [`FileSinkOperator`] writes.
+/// Where and how a [`FileSinkWriter`] writes.
 ///
 /// ```
 /// use weir_operators::sinks::FileSink;
@@ -117,16 +117,18 @@ impl<T> FileSink<T> {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
 
-    pub(crate) fn operator(&self, info: &TaskInfo) -> FileSinkOperator<T> {
-        FileSinkOperator {
+impl<T: Data + Serialize> FileSink<T> {
+    pub(crate) fn operator(&self, info: &TaskInfo) -> TwoPhaseCommitOperator<FileSinkWriter<T>> {
+        let writer = FileSinkWriter {
             sink: self.clone(),
             subtask: info.subtask,
             writers: BTreeMap::new(),
             seq: 0,
-            pending: Vec::new(),
             parquet_schema: None,
-        }
+        };
+        TwoPhaseCommitOperator::new(writer, info.subtask)
     }
 }
 
@@ -174,31 +176,35 @@ impl<T: Serialize> Writer<T> {
     }
 }
 
-/// A closed in-progress file waiting for its checkpoint to complete.
+/// A closed in-progress file waiting for its checkpoint to complete: one transaction.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct PendingFile {
+pub struct PendingFile {
     checkpoint: u64,
     hidden: String,
     visible: String,
 }
 
-/// The sink's checkpointed state.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SinkState {
-    subtask: usize,
-    seq: u64,
-    pending: Vec<PendingFile>,
+impl Transaction for PendingFile {
+    fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
 }
 
-/// Writes one subtask's records to its part files.
-pub struct FileSinkOperator<T> {
+/// What the sink keeps in a checkpoint beside its pending files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FileSinkMeta {
+    /// The last in-progress file number used, so that new files never reuse a name.
+    seq: u64,
+}
+
+/// Writes one subtask's records to its part files; run by [`TwoPhaseCommitOperator`].
+pub struct FileSinkWriter<T> {
     sink: FileSink<T>,
     subtask: usize,
     /// The open file of each bucket and its path relative to the output directory (hidden
     /// while checkpointing, visible otherwise).
     writers: BTreeMap<String, (Writer<T>, String)>,
     seq: u64,
-    pending: Vec<PendingFile>,
     parquet_schema: Option<super::parquet::Schema>,
 }
 
@@ -225,7 +231,7 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-impl<T: Data + Serialize> FileSinkOperator<T> {
+impl<T: Data + Serialize> FileSinkWriter<T> {
     fn bucket_of(&self, value: &T) -> String {
         self.sink.bucket.as_ref().map(|f| f(value)).unwrap_or_default()
     }
@@ -264,92 +270,11 @@ impl<T: Data + Serialize> FileSinkOperator<T> {
         })
     }
 
-    /// Renames a pending file to its visible name; idempotent, so restores may repeat it.
-    fn commit(&self, p: &PendingFile) -> Result<()> {
-        let hidden = self.sink.dir.join(&p.hidden);
-        let visible = self.sink.dir.join(&p.visible);
-        if hidden.exists() {
-            std::fs::rename(&hidden, &visible).with_context(|| format!("committing {}", visible.display()))?;
-        } else if !visible.exists() {
-            bail!(
-                "the output of checkpoint {} is lost: neither {} nor {} exists",
-                p.checkpoint,
-                hidden.display(),
-                visible.display()
-            );
-        }
-        Ok(())
-    }
-
-    /// Fsyncs the directories holding `files` (relative paths), so renames survive a crash.
-    fn sync_dirs_of<'a>(&self, files: impl Iterator<Item = &'a str>) -> Result<()> {
-        let mut dirs: Vec<PathBuf> =
-            files.filter_map(|f| self.sink.dir.join(f).parent().map(Path::to_path_buf)).collect();
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            sync_dir(&d)?;
-        }
-        Ok(())
-    }
-
-    fn commit_up_to(&mut self, checkpoint: u64) -> Result<()> {
-        let (ready, later): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|p| p.checkpoint <= checkpoint);
-        self.pending = later;
-        if ready.is_empty() {
-            return Ok(());
-        }
-        crash_point("before-sink-commit", checkpoint);
-        for (i, p) in ready.iter().enumerate() {
-            self.commit(p)?;
-            if i == 0 {
-                crash_point("mid-sink-commit", checkpoint);
-            }
-        }
-        self.sync_dirs_of(ready.iter().map(|p| p.visible.as_str()))
-    }
-
-    fn flush_all(&mut self) -> Result<()> {
-        for (w, _) in self.writers.values_mut() {
-            w.flush()?;
-        }
-        Ok(())
-    }
-}
-
-impl<T: Data + Serialize> Operator for FileSinkOperator<T> {
-    type In = T;
-    type Out = ();
-
-    fn restore_state(&mut self, states: Vec<Vec<u8>>, ctx: &mut OperatorContext) -> Result<()> {
-        std::fs::create_dir_all(&self.sink.dir)
-            .with_context(|| format!("creating output directory {}", self.sink.dir.display()))?;
-        let p = ctx.info().parallelism;
-        let mut handled = Vec::new();
-        let mut committed = Vec::new();
-        for bytes in states {
-            let st: SinkState = serde_json::from_slice(&bytes).context("decoding a file sink snapshot")?;
-            // Each old subtask's files are repaired by exactly one new subtask.
-            if st.subtask % p != self.subtask {
-                continue;
-            }
-            for pf in &st.pending {
-                self.commit(pf)?;
-                committed.push(pf.visible.clone());
-            }
-            if st.subtask == self.subtask {
-                self.seq = self.seq.max(st.seq);
-            }
-            handled.push(st.subtask);
-        }
-        if !handled.contains(&self.subtask) {
-            handled.push(self.subtask);
-        }
-        // In-progress files written after the checkpoint, and files committed by checkpoints
-        // newer than the one restored (when a newer one was broken and skipped): their records
-        // will be replayed.
+    /// Removes this sink's in-progress files written after the restored checkpoint by the old
+    /// subtasks `handled`, and files committed by checkpoints newer than `restored` (when a newer
+    /// one was broken and skipped): their records will be replayed. Returns the removed paths.
+    fn remove_stray_files(&self, handled: &[usize], restored: u64) -> Result<Vec<String>> {
         let ext = self.sink.format.extension();
-        let restored = ctx.restored_checkpoint().unwrap_or(u64::MAX);
         let mut removed = Vec::new();
         for rel in files_under(&self.sink.dir)? {
             let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
@@ -368,22 +293,37 @@ impl<T: Data + Serialize> Operator for FileSinkOperator<T> {
                 removed.push(rel.to_string_lossy().into_owned());
             }
         }
-        sync_dir(&self.sink.dir)?;
-        self.sync_dirs_of(committed.iter().chain(&removed).map(String::as_str))
+        Ok(removed)
     }
 
-    fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
-        std::fs::create_dir_all(&self.sink.dir)
-            .with_context(|| format!("creating output directory {}", self.sink.dir.display()))?;
-        ctx.request_processing_time(ctx.processing_time() + 1000);
+    /// Fsyncs the directories holding `files` (relative paths), so renames survive a crash.
+    fn sync_dirs_of<'a>(&self, files: impl Iterator<Item = &'a str>) -> Result<()> {
+        let mut dirs: Vec<PathBuf> =
+            files.filter_map(|f| self.sink.dir.join(f).parent().map(Path::to_path_buf)).collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            sync_dir(&d)?;
+        }
         Ok(())
     }
+}
 
-    fn process(&mut self, r: Record<T>, ctx: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
-        let bucket = self.bucket_of(&r.value);
+impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
+    type In = T;
+    type Txn = PendingFile;
+    type Meta = FileSinkMeta;
+
+    fn open(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        std::fs::create_dir_all(&self.sink.dir)
+            .with_context(|| format!("creating output directory {}", self.sink.dir.display()))
+    }
+
+    fn write(&mut self, value: T, ctx: &mut OperatorContext) -> Result<()> {
+        let bucket = self.bucket_of(&value);
         // The common case, a file already open for the bucket, costs one lookup.
         if let Some((w, rel)) = self.writers.get_mut(&bucket) {
-            return w.write(r.value).with_context(|| format!("writing {}", self.sink.dir.join(rel.as_str()).display()));
+            return w.write(value).with_context(|| format!("writing {}", self.sink.dir.join(rel.as_str()).display()));
         }
         let ext = self.sink.format.extension();
         let rel = if ctx.checkpointing() {
@@ -393,24 +333,22 @@ impl<T: Data + Serialize> Operator for FileSinkOperator<T> {
             Self::in_bucket(&bucket, format!("part-{:05}.{ext}", self.subtask))
         };
         let mut w = self.open_file(&rel)?;
-        w.write(r.value).with_context(|| format!("writing {}", self.sink.dir.join(&rel).display()))?;
+        w.write(value).with_context(|| format!("writing {}", self.sink.dir.join(&rel).display()))?;
         self.writers.insert(bucket, (w, rel));
         Ok(())
     }
 
-    fn on_watermark(&mut self, _: i64, _: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
-        self.flush_all()
+    fn flush(&mut self) -> Result<()> {
+        for (w, _) in self.writers.values_mut() {
+            w.flush()?;
+        }
+        Ok(())
     }
 
-    fn on_processing_time(&mut self, now: i64, ctx: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
-        ctx.request_processing_time(now + 1000);
-        self.flush_all()
-    }
-
-    fn end_input(&mut self, ctx: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
+    fn end_input(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if ctx.checkpointing() {
             // The final checkpoint commits the last files.
-            return self.flush_all();
+            return self.flush();
         }
         for (_, (w, _)) in std::mem::take(&mut self.writers) {
             w.close()?;
@@ -418,18 +356,65 @@ impl<T: Data + Serialize> Operator for FileSinkOperator<T> {
         Ok(())
     }
 
-    fn snapshot_state(&mut self, checkpoint_id: u64, _: &mut OperatorContext) -> Result<Option<Vec<u8>>> {
+    fn pre_commit(&mut self, checkpoint: u64, _pending: &[PendingFile]) -> Result<Vec<PendingFile>> {
         let ext = self.sink.format.extension();
+        let mut closed = Vec::new();
         for (bucket, (w, hidden)) in std::mem::take(&mut self.writers) {
             w.close()?;
-            let visible = Self::in_bucket(&bucket, format!("part-{:05}-{checkpoint_id:06}.{ext}", self.subtask));
-            self.pending.push(PendingFile { checkpoint: checkpoint_id, hidden, visible });
+            let visible = Self::in_bucket(&bucket, format!("part-{:05}-{checkpoint:06}.{ext}", self.subtask));
+            closed.push(PendingFile { checkpoint, hidden, visible });
         }
-        let state = SinkState { subtask: self.subtask, seq: self.seq, pending: self.pending.clone() };
-        Ok(Some(serde_json::to_vec(&state)?))
+        Ok(closed)
     }
 
-    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64, _: &mut OperatorContext) -> Result<()> {
-        self.commit_up_to(checkpoint_id)
+    fn meta(&self) -> FileSinkMeta {
+        FileSinkMeta { seq: self.seq }
+    }
+
+    /// Renames a pending file to its visible name; idempotent, so restores may repeat it.
+    fn commit(&mut self, p: &PendingFile) -> Result<()> {
+        let hidden = self.sink.dir.join(&p.hidden);
+        let visible = self.sink.dir.join(&p.visible);
+        if hidden.exists() {
+            std::fs::rename(&hidden, &visible).with_context(|| format!("committing {}", visible.display()))?;
+        } else if !visible.exists() {
+            bail!(
+                "the output of checkpoint {} is lost: neither {} nor {} exists",
+                p.checkpoint,
+                hidden.display(),
+                visible.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn after_commit(&mut self, committed: &[PendingFile], _pending: &[PendingFile]) -> Result<()> {
+        self.sync_dirs_of(committed.iter().map(|p| p.visible.as_str()))
+    }
+
+    fn recover(
+        &mut self,
+        inherited: Vec<SinkSnapshot<PendingFile, FileSinkMeta>>,
+        ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        self.open(ctx)?;
+        let mut handled = Vec::new();
+        let mut committed = Vec::new();
+        for st in inherited {
+            for pf in &st.pending {
+                self.commit(pf)?;
+                committed.push(pf.visible.clone());
+            }
+            if st.subtask == self.subtask {
+                self.seq = self.seq.max(st.meta.seq);
+            }
+            handled.push(st.subtask);
+        }
+        if !handled.contains(&self.subtask) {
+            handled.push(self.subtask);
+        }
+        let removed = self.remove_stray_files(&handled, ctx.restored_checkpoint().unwrap_or(u64::MAX))?;
+        sync_dir(&self.sink.dir)?;
+        self.sync_dirs_of(committed.iter().chain(&removed).map(String::as_str))
     }
 }

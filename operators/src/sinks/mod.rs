@@ -1,12 +1,16 @@
-//! Sinks: part files (CSV, JSON lines, Parquet), standard output, and in-memory collection.
+//! Sinks: part files (CSV, JSON lines, Parquet), standard output, and in-memory collection, and
+//! the two-phase commit every exactly-once sink is built on.
 
 mod collect;
 mod console;
 mod file;
+#[cfg(test)]
+mod file_tests;
 mod parquet;
 mod print;
+pub mod two_phase;
 
 pub use collect::{CollectSink, Collected};
 pub use console::{ConsoleTable, ConsoleTableOperator};
-pub use file::{FileFormat, FileSink, FileSinkOperator};
+pub use file::{FileFormat, FileSink, FileSinkMeta, FileSinkWriter, PendingFile};
 pub use print::PrintSink;

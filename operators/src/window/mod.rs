@@ -7,6 +7,8 @@
 //! (`<uid>.late_records`) and, if asked for, sent to a side output.
 
 mod operator;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use weir_checkpoint::{inspect, load, read_metadata, CheckpointStorage, METADATA_FILE_NAME};
+use weir::checkpoint::{inspect, load, read_metadata, CheckpointStorage, METADATA_FILE_NAME};
+use weir::operators::kafka::KafkaSinkState;
 
 mod top;
 
@@ -166,24 +167,15 @@ fn transactions(brokers: &str, path: &std::path::Path, abort: Option<&str>) -> R
     let mut ids = Vec::new();
     for op in &snap.meta.operators {
         for sub in &op.subtasks {
-            let Some(state) = inspect::operator_state(&snap, sub)? else { continue };
-            if state.get("transactional").and_then(|t| t.as_bool()) != Some(true) {
+            let Some(file) = &sub.operator_state else { continue };
+            let bytes = std::fs::read(snap.base.join(&file.path)).with_context(|| format!("reading {}", file.path))?;
+            // Other operators' states do not decode as a Kafka sink's: skip them.
+            let Ok(state) = KafkaSinkState::decode(&bytes) else { continue };
+            if !state.meta.transactional {
                 continue;
             }
-            let id = state.get("producer_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            let topic = state.get("topic").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            let pending: Vec<(u64, usize)> = state
-                .get("pending")
-                .and_then(|p| p.as_array())
-                .map(|a| {
-                    a.iter()
-                        .map(|e| {
-                            let id = e.get("checkpoint").and_then(|c| c.as_u64()).unwrap_or(0);
-                            (id, e.get("records").and_then(|r| r.as_array()).map_or(0, |r| r.len()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let pending: Vec<(u64, usize)> = state.pending.iter().map(|e| (e.checkpoint, e.records.len())).collect();
+            let (id, topic) = (state.meta.producer_id, state.meta.topic);
             ids.push((op.uid.clone(), id, topic, pending));
         }
     }

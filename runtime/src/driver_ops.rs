@@ -1,0 +1,274 @@
+//! The operator kinds (one input, keyed, two inputs, keyed two inputs) as [`DriverOp`]s: how
+//! each hands records to its operator, sets the current key and fires timers.
+
+use std::any::Any;
+
+use anyhow::{anyhow, Context, Result};
+use weir_state::TimeDomain;
+
+use crate::driver::{DriverEnv, DriverOp, KeyFn};
+use crate::element::{Data, Record};
+use crate::operator::{CoOperator, Collector, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator, Operator};
+
+fn downcast<T: 'static>(batch: &mut dyn Any) -> Result<&mut Vec<Record<T>>> {
+    batch
+        .downcast_mut::<Vec<Record<T>>>()
+        .ok_or_else(|| anyhow!("internal error: batch of the wrong type for this input"))
+}
+
+fn take_processing_timer(env: &mut DriverEnv, now: i64) -> bool {
+    match env.ctx.processing_timer {
+        Some(t) if t <= now => {
+            env.ctx.processing_timer = None;
+            true
+        }
+        _ => false,
+    }
+}
+
+pub(crate) struct OneInput<Op>(pub Op);
+
+impl<Op: Operator> DriverOp for OneInput<Op> {
+    type Out = Op::Out;
+    fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
+        self.0.open(&mut env.ctx)
+    }
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: &mut dyn Any,
+        env: &mut DriverEnv,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        let batch = downcast::<Op::In>(batch)?;
+        env.records_in.add(batch.len() as u64);
+        for r in batch.drain(..) {
+            out.set_timestamp(r.ts);
+            self.0.process(r, &mut env.ctx, out)?;
+        }
+        Ok(())
+    }
+    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        self.0.on_watermark(wm, &mut env.ctx, out)
+    }
+    fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        if take_processing_timer(env, now) {
+            out.set_timestamp(None);
+            self.0.on_processing_time(now, &mut env.ctx, out)?;
+        }
+        Ok(())
+    }
+    fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
+        env.ctx.processing_timer
+    }
+    fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        self.0.end_input(&mut env.ctx, out)
+    }
+    fn snapshot(&mut self, id: u64, env: &mut DriverEnv) -> Result<Option<Vec<u8>>> {
+        self.0.snapshot_state(id, &mut env.ctx)
+    }
+    fn restore(&mut self, states: Vec<Vec<u8>>, env: &mut DriverEnv) -> Result<()> {
+        self.0.restore_state(states, &mut env.ctx)
+    }
+    fn checkpoint_complete(&mut self, id: u64, env: &mut DriverEnv) -> Result<()> {
+        self.0.notify_checkpoint_complete(id, &mut env.ctx)
+    }
+}
+
+/// Fires due timers of one domain, setting the current key of each before the call.
+fn fire_timers<K: Data>(
+    domain: TimeDomain,
+    time: i64,
+    env: &mut DriverEnv,
+    mut call: impl FnMut(&K, FiredTimer, &mut KeyedContext) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let backend = env.backend.as_mut().ok_or_else(|| anyhow!("keyed operator without state backend"))?;
+        let Some(timer) = backend.pop_due_timer(domain, time)? else { return Ok(()) };
+        let key: K = weir_state::codec::decode(timer.key_bytes()).context("decoding a timer's key")?;
+        backend.set_current_key_prefixed(&timer.key);
+        let ts = timer.ts;
+        let fired = FiredTimer { ts, domain, namespace: timer.ns };
+        let mut kctx = env.keyed(match domain {
+            TimeDomain::EventTime => Some(ts),
+            TimeDomain::ProcessingTime => None,
+        })?;
+        call(&key, fired, &mut kctx)?;
+    }
+}
+
+/// Fires due timers of `domain` through `on_timer`, stamping what they emit: event-time timers
+/// with their time, processing-time ones with none.
+fn fire_keyed_timers<K: Data, O>(
+    domain: TimeDomain,
+    time: i64,
+    env: &mut DriverEnv,
+    out: &mut Collector<O>,
+    mut on_timer: impl FnMut(&K, FiredTimer, &mut KeyedContext, &mut Collector<O>) -> Result<()>,
+) -> Result<()> {
+    fire_timers::<K>(domain, time, env, |key, t, kctx| {
+        out.set_timestamp(match domain {
+            TimeDomain::EventTime => Some(t.ts),
+            TimeDomain::ProcessingTime => None,
+        });
+        on_timer(key, t, kctx, out)
+    })
+}
+
+/// Hands every record of `batch` to `call` with its key set as the current key.
+fn process_keyed<T: Data, K: Data, O>(
+    batch: &mut dyn Any,
+    key_fn: &KeyFn<T, K>,
+    key_buf: &mut Vec<u8>,
+    env: &mut DriverEnv,
+    out: &mut Collector<O>,
+    mut call: impl FnMut(&K, Record<T>, &mut KeyedContext, &mut Collector<O>) -> Result<()>,
+) -> Result<()> {
+    let batch = downcast::<T>(batch)?;
+    env.records_in.add(batch.len() as u64);
+    for r in batch.drain(..) {
+        let key = key_fn(&r.value);
+        set_key(env, &key, key_buf)?;
+        out.set_timestamp(r.ts);
+        let mut kctx = env.keyed(r.ts)?;
+        call(&key, r, &mut kctx, out)?;
+    }
+    Ok(())
+}
+
+pub(crate) struct Keyed<Op: KeyedOperator> {
+    pub op: Op,
+    pub key_fn: KeyFn<Op::In, Op::Key>,
+    pub key_buf: Vec<u8>,
+}
+
+fn set_key<K: Data>(env: &mut DriverEnv, key: &K, buf: &mut Vec<u8>) -> Result<()> {
+    buf.clear();
+    weir_state::codec::encode_into(key, buf)?;
+    env.backend.as_mut().ok_or_else(|| anyhow!("keyed operator without state backend"))?.set_current_key_bytes(buf);
+    Ok(())
+}
+
+impl<Op: KeyedOperator> DriverOp for Keyed<Op> {
+    type Out = Op::Out;
+    fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
+        self.op.open(&mut env.ctx)
+    }
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: &mut dyn Any,
+        env: &mut DriverEnv,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        let op = &mut self.op;
+        process_keyed(batch, &self.key_fn, &mut self.key_buf, env, out, |k, r, c, o| op.process(k, r, c, o))
+    }
+    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        let op = &mut self.op;
+        fire_keyed_timers(TimeDomain::EventTime, wm, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
+    }
+    fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        let op = &mut self.op;
+        fire_keyed_timers(TimeDomain::ProcessingTime, now, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
+    }
+    fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
+        env.backend.as_ref().and_then(|b| b.next_timer(TimeDomain::ProcessingTime))
+    }
+    fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        self.op.end_input(&mut env.ctx, out)
+    }
+}
+
+pub(crate) struct Co<Op>(pub Op);
+
+impl<Op: CoOperator> DriverOp for Co<Op> {
+    type Out = Op::Out;
+    fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
+        self.0.open(&mut env.ctx)
+    }
+    fn process(
+        &mut self,
+        input: usize,
+        batch: &mut dyn Any,
+        env: &mut DriverEnv,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        if input == 0 {
+            let batch = downcast::<Op::In1>(batch)?;
+            env.records_in.add(batch.len() as u64);
+            for r in batch.drain(..) {
+                out.set_timestamp(r.ts);
+                self.0.process1(r, &mut env.ctx, out)?;
+            }
+        } else {
+            let batch = downcast::<Op::In2>(batch)?;
+            env.records_in.add(batch.len() as u64);
+            for r in batch.drain(..) {
+                out.set_timestamp(r.ts);
+                self.0.process2(r, &mut env.ctx, out)?;
+            }
+        }
+        Ok(())
+    }
+    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        self.0.on_watermark(wm, &mut env.ctx, out)
+    }
+    fn on_time(&mut self, _now: i64, _env: &mut DriverEnv, _out: &mut Collector<Op::Out>) -> Result<()> {
+        Ok(())
+    }
+    fn next_wakeup(&self, _env: &DriverEnv) -> Option<i64> {
+        None
+    }
+    fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        self.0.end_input(&mut env.ctx, out)
+    }
+}
+
+pub(crate) struct KeyedCo<Op: KeyedCoOperator> {
+    pub op: Op,
+    pub key1: KeyFn<Op::In1, Op::Key>,
+    pub key2: KeyFn<Op::In2, Op::Key>,
+    pub key_buf: Vec<u8>,
+}
+
+impl<Op: KeyedCoOperator> DriverOp for KeyedCo<Op> {
+    type Out = Op::Out;
+    fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
+        self.op.open(&mut env.ctx)
+    }
+    fn process(
+        &mut self,
+        input: usize,
+        batch: &mut dyn Any,
+        env: &mut DriverEnv,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        let op = &mut self.op;
+        if input == 0 {
+            process_keyed(batch, &self.key1, &mut self.key_buf, env, out, |k, r, c, o| op.process1(k, r, c, o))
+        } else {
+            process_keyed(batch, &self.key2, &mut self.key_buf, env, out, |k, r, c, o| op.process2(k, r, c, o))
+        }
+    }
+    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        let op = &mut self.op;
+        fire_keyed_timers(TimeDomain::EventTime, wm, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
+    }
+    fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        let op = &mut self.op;
+        fire_keyed_timers(TimeDomain::ProcessingTime, now, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
+    }
+    fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
+        env.backend.as_ref().and_then(|b| b.next_timer(TimeDomain::ProcessingTime))
+    }
+    fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        self.op.end_input(&mut env.ctx, out)
+    }
+}

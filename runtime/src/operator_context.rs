@@ -1,0 +1,213 @@
+//! What the runtime hands an operator besides its records: the [`OperatorContext`] (identity,
+//! watermark, processing-time timer, metrics) and, for keyed operators, the [`KeyedContext`]
+//! (state and timers of the current key).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use weir_state::{KeyedStateBackend, StateDescriptor, TimeDomain};
+
+use crate::metrics::MetricGroup;
+
+/// Identity of the subtask an operator runs in.
+#[derive(Clone, Debug)]
+pub struct TaskInfo {
+    /// The job's name.
+    pub job_name: String,
+    /// The operator's display name.
+    pub operator_name: String,
+    /// The operator's stable id (used for state and checkpoints).
+    pub uid: String,
+    /// This subtask's index, from 0.
+    pub subtask: usize,
+    /// The operator's parallelism.
+    pub parallelism: usize,
+    /// Number of key groups.
+    pub max_parallelism: usize,
+}
+
+/// What every operator can ask the runtime for.
+pub struct OperatorContext {
+    pub(crate) info: TaskInfo,
+    pub(crate) checkpointing: bool,
+    pub(crate) restored_checkpoint: Option<u64>,
+    pub(crate) watermark: i64,
+    pub(crate) processing_timer: Option<i64>,
+    pub(crate) metrics: MetricGroup,
+}
+
+impl OperatorContext {
+    pub(crate) fn new(info: TaskInfo, metrics: MetricGroup, checkpointing: bool) -> Self {
+        OperatorContext {
+            info,
+            checkpointing,
+            restored_checkpoint: None,
+            watermark: i64::MIN,
+            processing_timer: None,
+            metrics,
+        }
+    }
+
+    /// The id of the checkpoint or savepoint this run restored from, if any.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        self.restored_checkpoint
+    }
+
+    /// Whether the job takes checkpoints (sinks then commit per checkpoint).
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// Which subtask this is.
+    pub fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    /// The operator's current event time (`i64::MIN` before the first watermark).
+    pub fn current_watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// The wall clock in epoch milliseconds.
+    pub fn processing_time(&self) -> i64 {
+        crate::time::now_millis()
+    }
+
+    /// Asks for one call of `on_processing_time` at or after `ts` (epoch ms); the earliest request
+    /// wins until it fired.
+    pub fn request_processing_time(&mut self, ts: i64) {
+        self.processing_timer = Some(self.processing_timer.map_or(ts, |t| t.min(ts)));
+    }
+
+    /// A counter reported with the job's metrics as `<uid>.<name>`, summed over subtasks.
+    pub fn counter(&self, name: &str) -> Counter {
+        Counter(self.metrics.counter(name))
+    }
+}
+
+/// A monotonically increasing metric.
+#[derive(Clone)]
+pub struct Counter(pub(crate) Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A timer that fired, as a keyed operator sees it.
+#[derive(Clone, Debug)]
+pub struct FiredTimer {
+    /// The timestamp it was registered for.
+    pub ts: i64,
+    /// Which clock it followed.
+    pub domain: TimeDomain,
+    /// The namespace it was registered in (empty unless the operator used one).
+    pub namespace: Box<[u8]>,
+}
+
+/// The context of a keyed operator: the operator context plus state and timers of the current key.
+pub struct KeyedContext<'a> {
+    pub(crate) op: &'a mut OperatorContext,
+    pub(crate) backend: &'a mut KeyedStateBackend,
+    pub(crate) ts: Option<i64>,
+}
+
+impl<'a> KeyedContext<'a> {
+    /// A keyed context over a backend whose current key is already set (for runtimes and tests).
+    pub fn new(op: &'a mut OperatorContext, backend: &'a mut KeyedStateBackend) -> Self {
+        KeyedContext { op, backend, ts: None }
+    }
+
+    /// A typed view of a declared state, for the current key.
+    ///
+    /// ```
+    /// use weir_runtime::{Collector, KeyedContext, KeyedOperator, Record};
+    /// use weir_state::ValueStateDescriptor;
+    ///
+    /// /// Counts the records of each key.
+    /// struct CountPerKey {
+    ///     count: ValueStateDescriptor<u64>,
+    /// }
+    ///
+    /// impl KeyedOperator for CountPerKey {
+    ///     type Key = String;
+    ///     type In = String;
+    ///     type Out = (String, u64);
+    ///     fn process(
+    ///         &mut self,
+    ///         key: &String,
+    ///         _record: Record<String>,
+    ///         ctx: &mut KeyedContext,
+    ///         out: &mut Collector<(String, u64)>,
+    ///     ) -> anyhow::Result<()> {
+    ///         let mut count = ctx.state(&self.count)?;
+    ///         let n = count.value()?.unwrap_or(0) + 1;
+    ///         count.update(&n)?;
+    ///         out.collect((key.clone(), n));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let _op = CountPerKey { count: ValueStateDescriptor::new("count") };
+    /// ```
+    pub fn state<D: StateDescriptor>(&mut self, descriptor: &D) -> Result<D::Handle<'_>> {
+        descriptor.bind(self.backend)
+    }
+
+    /// The event timestamp of the record being processed, or of the timer being fired.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.ts
+    }
+
+    /// The operator's current event time.
+    pub fn current_watermark(&self) -> i64 {
+        self.op.watermark
+    }
+
+    /// The wall clock in epoch milliseconds.
+    pub fn processing_time(&self) -> i64 {
+        self.op.processing_time()
+    }
+
+    /// Calls `on_timer` for the current key once the watermark reaches `ts`.
+    pub fn register_event_timer(&mut self, ts: i64) -> Result<()> {
+        self.backend.register_timer(TimeDomain::EventTime, ts, &[])
+    }
+
+    /// Calls `on_timer` for the current key once the wall clock reaches `ts` (epoch ms).
+    pub fn register_processing_timer(&mut self, ts: i64) -> Result<()> {
+        self.backend.register_timer(TimeDomain::ProcessingTime, ts, &[])
+    }
+
+    /// Removes an event-time timer of the current key.
+    pub fn delete_event_timer(&mut self, ts: i64) -> Result<()> {
+        self.backend.delete_timer(TimeDomain::EventTime, ts, &[])
+    }
+
+    /// Removes a processing-time timer of the current key.
+    pub fn delete_processing_timer(&mut self, ts: i64) -> Result<()> {
+        self.backend.delete_timer(TimeDomain::ProcessingTime, ts, &[])
+    }
+
+    /// Registers a timer in a namespace (windows use the encoded window).
+    pub fn register_timer_in(&mut self, domain: TimeDomain, ts: i64, ns: &[u8]) -> Result<()> {
+        self.backend.register_timer(domain, ts, ns)
+    }
+
+    /// Removes a timer registered with [`register_timer_in`](Self::register_timer_in).
+    pub fn delete_timer_in(&mut self, domain: TimeDomain, ts: i64, ns: &[u8]) -> Result<()> {
+        self.backend.delete_timer(domain, ts, ns)
+    }
+
+    /// The operator context (subtask info, counters).
+    pub fn operator(&mut self) -> &mut OperatorContext {
+        self.op
+    }
+}
