@@ -8,6 +8,8 @@ mod basic;
 mod ext;
 pub mod kafka;
 mod keyed;
+#[cfg(test)]
+mod keyed_tests;
 pub mod sinks;
 pub mod sources;
 pub mod window;
