@@ -79,7 +79,6 @@ pub struct OperatorHarness<In, Out> {
     output: Vec<Record<Out>>,
     sides: SideOutputs,
     dir: Arc<tempfile::TempDir>,
-    config: HarnessConfig,
     _in: PhantomData<fn(In)>,
 }
 
@@ -178,15 +177,7 @@ impl<In: Data, Out: Data> OperatorHarness<In, Out> {
             records_out: Counter(metrics.counter("records_out")),
             watermark_gauge: metrics.watermark_gauge(),
         };
-        Ok(OperatorHarness {
-            op,
-            env,
-            output: Vec::new(),
-            sides: SideOutputs::default(),
-            dir,
-            config,
-            _in: PhantomData,
-        })
+        Ok(OperatorHarness { op, env, output: Vec::new(), sides: SideOutputs::default(), dir, _in: PhantomData })
     }
 
     fn open(&mut self) -> Result<()> {
@@ -284,11 +275,6 @@ impl<In: Data, Out: Data> OperatorHarness<In, Out> {
     /// The earliest pending timer of `domain`, if any (keyed operators).
     pub fn next_timer(&self, domain: TimeDomain) -> Option<i64> {
         self.env.backend.as_ref().and_then(|b| b.next_timer(domain))
-    }
-
-    /// Where the operator runs.
-    pub fn config(&self) -> &HarnessConfig {
-        &self.config
     }
 }
 

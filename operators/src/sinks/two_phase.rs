@@ -100,16 +100,6 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitOperator<S> {
     pub fn new(sink: S, subtask: usize) -> Self {
         TwoPhaseCommitOperator { sink, subtask, pending: Vec::new() }
     }
-
-    /// The transactions waiting for their checkpoint to complete.
-    pub fn pending(&self) -> &[S::Txn] {
-        &self.pending
-    }
-
-    /// The sink.
-    pub fn sink(&self) -> &S {
-        &self.sink
-    }
 }
 
 impl<S: TwoPhaseCommitSink> Operator for TwoPhaseCommitOperator<S> {
