@@ -41,7 +41,6 @@ struct Cli {
 struct Run {
     secs: f64,
     max_rss_kib: i64,
-    stderr: String,
 }
 
 fn run_child(cmd: &mut Command) -> Result<Run> {
@@ -57,19 +56,7 @@ fn run_child(cmd: &mut Command) -> Result<Run> {
     if !run.status.success() {
         bail!("auction_windows failed with {}: {stderr}", run.status);
     }
-    Ok(Run { secs: run.secs, max_rss_kib: run.max_rss_kib, stderr })
-}
-
-/// `(duration_ms, size_bytes, incremental_bytes)` of every periodic checkpoint in a job's log.
-fn checkpoints(log: &str) -> Vec<(f64, f64, f64)> {
-    let field = |line: &str, name: &str| -> Option<f64> {
-        let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
-        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    };
-    log.lines()
-        .filter(|l| l.contains("checkpoint complete"))
-        .filter_map(|l| Some((field(l, "duration_ms")?, field(l, "size_bytes")?, field(l, "incremental_bytes")?)))
-        .collect()
+    Ok(Run { secs: run.secs, max_rss_kib: run.max_rss_kib })
 }
 
 fn percentile(v: Vec<f64>, p: f64) -> f64 {
@@ -168,16 +155,17 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             if let Some(iv) = interval {
                 cmd.arg("--checkpoint-dir").arg(&chk).arg("--checkpoint-interval").arg(iv);
             }
-            cmd.env("RUST_LOG", "info");
-            let run = run_child(&mut cmd)?;
-            secs[k].push(run.secs);
-            // The last checkpoint is the final one of the bounded job; report the periodic ones.
-            let mut c = checkpoints(&run.stderr);
-            c.pop();
-            for (d, s, i) in c {
-                stats[k].0.push(d);
-                stats[k].1.push(mib(s));
-                stats[k].2.push(mib(i));
+            let addr = measure::control::free_local_addr()?;
+            cmd.arg("--metrics-addr").arg(&addr);
+            let watch = measure::control::CheckpointWatch::start(&addr);
+            let run = run_child(&mut cmd);
+            // The periodic checkpoints, as the job's control endpoint reported them.
+            let taken = watch.finish();
+            secs[k].push(run?.secs);
+            for c in taken {
+                stats[k].0.push(c.duration_ms);
+                stats[k].1.push(mib(c.size_bytes));
+                stats[k].2.push(mib(c.incremental_bytes));
             }
             let _ = std::fs::remove_dir_all(&out);
             let _ = std::fs::remove_dir_all(&chk);

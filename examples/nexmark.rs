@@ -140,6 +140,10 @@ struct Child {
 fn run_child(cmd: &mut Command) -> Result<Child> {
     let out_file = tempfile::NamedTempFile::new()?;
     let err_file = tempfile::NamedTempFile::new()?;
+    // Checkpoint figures come from the run's control endpoint, polled while it runs.
+    let addr = measure::control::free_local_addr()?;
+    cmd.arg("--metrics-addr").arg(&addr);
+    let watch = measure::control::CheckpointWatch::start(&addr);
     let child = cmd.stdout(out_file.reopen()?).stderr(err_file.reopen()?).spawn().context("starting a run")?;
     let run = measure::wait_measured(&child).context("waiting for a run")?;
     let stdout = std::fs::read_to_string(out_file.path())?;
@@ -149,14 +153,7 @@ fn run_child(cmd: &mut Command) -> Result<Child> {
     }
     let line = stdout.lines().last().context("the run printed no summary")?;
     let summary: Summary = serde_json::from_str(line).with_context(|| format!("summary line {line:?}"))?;
-    let checkpoint_ms = stderr
-        .lines()
-        .filter(|l| l.contains("checkpoint complete") && !l.contains("savepoint"))
-        .filter_map(|l| {
-            let rest = &l[l.find("duration_ms=")? + "duration_ms=".len()..];
-            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-        })
-        .collect();
+    let checkpoint_ms = watch.finish().into_iter().map(|c| c.duration_ms).collect();
     Ok(Child { summary, max_rss_kib: run.max_rss_kib, checkpoint_ms })
 }
 
@@ -185,7 +182,7 @@ fn bench(b: BenchArgs) -> Result<()> {
                     .arg(work.join("state"))
                     .args(["--checkpoint-interval", &format!("{}ms", b.checkpoint_interval.as_millis())])
                     .args(["--memory-budget", &b.memory_budget, "--progress-interval", "0s"])
-                    .env("RUST_LOG", "info");
+                    .env("RUST_LOG", "warn");
                 let child = run_child(&mut cmd).with_context(|| format!("{} at parallelism {p}", q.name()))?;
                 let _ = std::fs::remove_dir_all(&work);
                 secs.push(child.summary.seconds);

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod control;
+
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::time::Instant;

@@ -1,4 +1,5 @@
-//! Stateless one-input operators: map, filter, flat_map.
+//! Stateless one-input operators: map, filter, flat_map, try_map. One struct holds the user's
+//! function for all four; a marker type says how its result becomes output records.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -6,18 +7,38 @@ use std::sync::Arc;
 use anyhow::Result;
 use weir_runtime::{Collector, Data, Operator, OperatorContext, Record};
 
-/// Applies a function to every record.
-pub struct Map<F, I, O> {
+/// A stateless operator applying a function shared between subtasks; `How` is one of the marker
+/// types below. Use it through the aliases [`Map`], [`Filter`], [`FlatMap`] and [`TryMap`].
+pub struct FnOperator<F, I, O, How> {
     f: Arc<F>,
-    _t: PhantomData<fn(I) -> O>,
+    _t: PhantomData<fn(I, How) -> O>,
 }
 
-impl<F, I, O> Map<F, I, O> {
-    /// A map operator sharing `f` between subtasks.
+impl<F, I, O, How> FnOperator<F, I, O, How> {
+    /// An operator sharing `f` between subtasks.
     pub fn new(f: Arc<F>) -> Self {
-        Map { f, _t: PhantomData }
+        FnOperator { f, _t: PhantomData }
     }
 }
+
+/// Marker: one output record per input record.
+pub enum OneToOne {}
+/// Marker: the input record if the predicate holds.
+pub enum Keep {}
+/// Marker: every item the function returns.
+pub enum Many {}
+/// Marker: one output record, or the function's error stops the job.
+pub enum OneOrError {}
+
+/// Applies a function to every record.
+pub type Map<F, I, O> = FnOperator<F, I, O, OneToOne>;
+/// Keeps the records for which a predicate holds.
+pub type Filter<F, T> = FnOperator<F, T, T, Keep>;
+/// Turns every record into zero or more records.
+pub type FlatMap<F, I, O> = FnOperator<F, I, O, Many>;
+/// A fallible map: records whose function fails stop the job with the error (use `flat_map` with
+/// a side output to divert them instead).
+pub type TryMap<F, I, O> = FnOperator<F, I, O, OneOrError>;
 
 impl<F, I, O> Operator for Map<F, I, O>
 where
@@ -31,19 +52,6 @@ where
     fn process(&mut self, r: Record<I>, _: &mut OperatorContext, out: &mut Collector<O>) -> Result<()> {
         out.collect((self.f)(r.value));
         Ok(())
-    }
-}
-
-/// Keeps the records for which a predicate holds.
-pub struct Filter<F, T> {
-    f: Arc<F>,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<F, T> Filter<F, T> {
-    /// A filter operator sharing `f` between subtasks.
-    pub fn new(f: Arc<F>) -> Self {
-        Filter { f, _t: PhantomData }
     }
 }
 
@@ -63,19 +71,6 @@ where
     }
 }
 
-/// Turns every record into zero or more records.
-pub struct FlatMap<F, I, O> {
-    f: Arc<F>,
-    _t: PhantomData<fn(I) -> O>,
-}
-
-impl<F, I, O> FlatMap<F, I, O> {
-    /// A flat-map operator sharing `f` between subtasks.
-    pub fn new(f: Arc<F>) -> Self {
-        FlatMap { f, _t: PhantomData }
-    }
-}
-
 impl<F, I, O, It> Operator for FlatMap<F, I, O>
 where
     F: Fn(I) -> It + Send + Sync + 'static,
@@ -91,20 +86,6 @@ where
             out.collect(v);
         }
         Ok(())
-    }
-}
-
-/// A fallible map: records whose function fails stop the job with the error (use `flat_map` with
-/// a side output to divert them instead).
-pub struct TryMap<F, I, O> {
-    f: Arc<F>,
-    _t: PhantomData<fn(I) -> O>,
-}
-
-impl<F, I, O> TryMap<F, I, O> {
-    /// A fallible map operator sharing `f` between subtasks.
-    pub fn new(f: Arc<F>) -> Self {
-        TryMap { f, _t: PhantomData }
     }
 }
 

@@ -14,6 +14,6 @@ pub mod sinks;
 pub mod sources;
 pub mod window;
 
-pub use basic::{Filter, FlatMap, Map, TryMap};
+pub use basic::{Filter, FlatMap, FnOperator, Keep, Many, Map, OneOrError, OneToOne, TryMap};
 pub use ext::{DataStreamExt, KeyedStreamExt};
 pub use keyed::{RollingAggregate, RollingReduce};

@@ -13,7 +13,7 @@ use anyhow::Result;
 
 use crate::args::JobArgs;
 use crate::context::BuildContext;
-use crate::driver::{Co, Keyed, KeyedCo, OneInput, OperatorDriver};
+use crate::driver::{Co, DriverOp, Keyed, KeyedCo, OneInput, OperatorDriver};
 use crate::element::Data;
 use crate::exec::JobResult;
 use crate::graph::{EdgeSpec, Graph, NodeKind, NodeSpec, OpFactory, Partition, PortSpec, SourceFactory};
@@ -143,7 +143,39 @@ fn add_operator_node(
     to
 }
 
+/// Adds an operator node whose subtasks run the driver op `make` builds (on their own thread),
+/// fed by `edges` (one per input), and returns its main output. Graph and maximum parallelism
+/// come from `first`, the stream of input 0.
+fn add_driven<T, D, F>(
+    first: &DataStream<T>,
+    name: &str,
+    keyed: bool,
+    edges: Vec<EdgeInputs<'_>>,
+    make: F,
+) -> DataStream<D::Out>
+where
+    T: Data,
+    D: DriverOp,
+    F: Fn(&TaskInfo) -> D + Send + Sync + 'static,
+{
+    let factory: OpFactory = Arc::new(move |ctx: BuildContext| {
+        let driven = make(&ctx.info);
+        let env = ctx.driver_env(keyed)?;
+        let main = unbox_output::<D::Out>(ctx.main)?;
+        let head: Box<dyn TaskHead> = Box::new(OperatorDriver::new(driven, env, main, ctx.sides)?);
+        Ok(head)
+    });
+    let inputs = edges.len();
+    let node = add_operator_node(&first.graph, name, inputs, factory, typed_port::<D::Out>(), edges);
+    DataStream::from_node(first.graph.clone(), node, 0, first.max_parallelism)
+}
+
 impl<T: Data> DataStream<T> {
+    /// This stream as input `input` of a new node.
+    fn edge(&self, input: usize) -> EdgeInputs<'_> {
+        (&self.inputs, self.partition.clone(), input)
+    }
+
     fn from_node(graph: Rc<RefCell<Graph>>, node: usize, port: usize, max_parallelism: usize) -> Self {
         DataStream {
             graph,
@@ -171,22 +203,7 @@ impl<T: Data> DataStream<T> {
         Op: Operator<In = T>,
         F: Fn(&TaskInfo) -> Op + Send + Sync + 'static,
     {
-        let factory: OpFactory = Arc::new(move |ctx: BuildContext| {
-            let op = factory(&ctx.info);
-            let env = ctx.driver_env(false)?;
-            let main = unbox_output::<Op::Out>(ctx.main)?;
-            let head: Box<dyn TaskHead> = Box::new(OperatorDriver::new(OneInput(op), env, main, ctx.sides)?);
-            Ok(head)
-        });
-        let node = add_operator_node(
-            &self.graph,
-            name,
-            1,
-            factory,
-            typed_port::<Op::Out>(),
-            vec![(&self.inputs, self.partition.clone(), 0)],
-        );
-        DataStream::from_node(self.graph.clone(), node, 0, self.max_parallelism)
+        add_driven(self, name, false, vec![self.edge(0)], move |info| OneInput(factory(info)))
     }
 
     /// Partitions the stream by key: records with equal keys go to the same subtask (through
@@ -305,24 +322,12 @@ impl<K: Data, T: Data> KeyedStream<K, T> {
         F: Fn(&TaskInfo) -> Op + Send + Sync + 'static,
     {
         let key_fn = self.key.clone();
-        let factory: OpFactory = Arc::new(move |ctx: BuildContext| {
-            let op = factory(&ctx.info);
-            let env = ctx.driver_env(true)?;
-            let main = unbox_output::<Op::Out>(ctx.main)?;
-            let d = Keyed { op, key_fn: key_fn.clone(), key_buf: Vec::new() };
-            let head: Box<dyn TaskHead> = Box::new(OperatorDriver::new(d, env, main, ctx.sides)?);
-            Ok(head)
-        });
         let s = &self.stream;
-        let node = add_operator_node(
-            &s.graph,
-            name,
-            1,
-            factory,
-            typed_port::<Op::Out>(),
-            vec![(&s.inputs, s.partition.clone(), 0)],
-        );
-        DataStream::from_node(s.graph.clone(), node, 0, s.max_parallelism)
+        add_driven(s, name, true, vec![s.edge(0)], move |info| Keyed {
+            op: factory(info),
+            key_fn: key_fn.clone(),
+            key_buf: Vec::new(),
+        })
     }
 
     /// Pairs this keyed stream with another keyed the same way, for a keyed two-input operator.
@@ -349,23 +354,8 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         Op: CoOperator<In1 = A, In2 = B>,
         F: Fn(&TaskInfo) -> Op + Send + Sync + 'static,
     {
-        let factory: OpFactory = Arc::new(move |ctx: BuildContext| {
-            let op = factory(&ctx.info);
-            let env = ctx.driver_env(false)?;
-            let main = unbox_output::<Op::Out>(ctx.main)?;
-            let head: Box<dyn TaskHead> = Box::new(OperatorDriver::new(Co(op), env, main, ctx.sides)?);
-            Ok(head)
-        });
         let (a, b) = (&self.first, &self.second);
-        let node = add_operator_node(
-            &a.graph,
-            name,
-            2,
-            factory,
-            typed_port::<Op::Out>(),
-            vec![(&a.inputs, a.partition.clone(), 0), (&b.inputs, b.partition.clone(), 1)],
-        );
-        DataStream::from_node(a.graph.clone(), node, 0, a.max_parallelism)
+        add_driven(a, name, false, vec![a.edge(0), b.edge(1)], move |info| Co(factory(info)))
     }
 }
 
@@ -383,23 +373,12 @@ impl<K: Data, A: Data, B: Data> KeyedConnectedStreams<K, A, B> {
         F: Fn(&TaskInfo) -> Op + Send + Sync + 'static,
     {
         let (k1, k2) = (self.first.key.clone(), self.second.key.clone());
-        let factory: OpFactory = Arc::new(move |ctx: BuildContext| {
-            let op = factory(&ctx.info);
-            let env = ctx.driver_env(true)?;
-            let main = unbox_output::<Op::Out>(ctx.main)?;
-            let d = KeyedCo { op, key1: k1.clone(), key2: k2.clone(), key_buf: Vec::new() };
-            let head: Box<dyn TaskHead> = Box::new(OperatorDriver::new(d, env, main, ctx.sides)?);
-            Ok(head)
-        });
         let (a, b) = (&self.first.stream, &self.second.stream);
-        let node = add_operator_node(
-            &a.graph,
-            name,
-            2,
-            factory,
-            typed_port::<Op::Out>(),
-            vec![(&a.inputs, a.partition.clone(), 0), (&b.inputs, b.partition.clone(), 1)],
-        );
-        DataStream::from_node(a.graph.clone(), node, 0, a.max_parallelism)
+        add_driven(a, name, true, vec![a.edge(0), b.edge(1)], move |info| KeyedCo {
+            op: factory(info),
+            key1: k1.clone(),
+            key2: k2.clone(),
+            key_buf: Vec::new(),
+        })
     }
 }

@@ -35,6 +35,9 @@ pub(crate) struct CheckpointInfo {
     pub trigger_time: i64,
     /// End to end: from the trigger to the checkpoint's metadata being stored.
     pub duration_ms: u64,
+    /// The job ends once this checkpoint completes (the final checkpoint of a bounded job, or
+    /// stop-with-savepoint); the others are periodic or requested savepoints.
+    pub terminal: bool,
     /// Bytes the checkpoint refers to (shared files included).
     pub size_bytes: u64,
     /// Bytes this checkpoint stored anew.

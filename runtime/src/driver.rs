@@ -34,7 +34,8 @@ pub(crate) struct DriverEnv {
 impl DriverEnv {
     pub(crate) fn keyed(&mut self, ts: Option<i64>) -> Result<KeyedContext<'_>> {
         let backend = self.backend.as_mut().ok_or_else(|| anyhow!("keyed operator without state backend"))?;
-        Ok(KeyedContext { op: &mut self.ctx, backend, ts })
+        let (state, timers) = backend.parts();
+        Ok(KeyedContext { op: &mut self.ctx, state, timers, ts })
     }
 }
 

@@ -8,7 +8,9 @@ use weir_state::TimeDomain;
 
 use crate::driver::{DriverEnv, DriverOp, KeyFn};
 use crate::element::{Data, Record};
-use crate::operator::{CoOperator, Collector, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator, Operator};
+use crate::operator::{
+    CoOperator, Collector, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator, Operator, OperatorContext,
+};
 
 fn downcast<T: 'static>(batch: &mut dyn Any) -> Result<&mut Vec<Record<T>>> {
     batch
@@ -26,6 +28,22 @@ fn take_processing_timer(env: &mut DriverEnv, now: i64) -> bool {
     }
 }
 
+/// Hands every record of `batch` to `call`, stamping what it emits with the record's time.
+fn process_each<T: Data, O>(
+    batch: &mut dyn Any,
+    env: &mut DriverEnv,
+    out: &mut Collector<O>,
+    mut call: impl FnMut(Record<T>, &mut OperatorContext, &mut Collector<O>) -> Result<()>,
+) -> Result<()> {
+    let batch = downcast::<T>(batch)?;
+    env.records_in.add(batch.len() as u64);
+    for r in batch.drain(..) {
+        out.set_timestamp(r.ts);
+        call(r, &mut env.ctx, out)?;
+    }
+    Ok(())
+}
+
 pub(crate) struct OneInput<Op>(pub Op);
 
 impl<Op: Operator> DriverOp for OneInput<Op> {
@@ -40,13 +58,8 @@ impl<Op: Operator> DriverOp for OneInput<Op> {
         env: &mut DriverEnv,
         out: &mut Collector<Op::Out>,
     ) -> Result<()> {
-        let batch = downcast::<Op::In>(batch)?;
-        env.records_in.add(batch.len() as u64);
-        for r in batch.drain(..) {
-            out.set_timestamp(r.ts);
-            self.0.process(r, &mut env.ctx, out)?;
-        }
-        Ok(())
+        let op = &mut self.0;
+        process_each(batch, env, out, |r, c, o| op.process(r, c, o))
     }
     fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
         out.set_timestamp(None);
@@ -86,7 +99,7 @@ fn fire_timers<K: Data>(
 ) -> Result<()> {
     loop {
         let backend = env.backend.as_mut().ok_or_else(|| anyhow!("keyed operator without state backend"))?;
-        let Some(timer) = backend.pop_due_timer(domain, time)? else { return Ok(()) };
+        let Some(timer) = backend.pop_due_timer(domain, time) else { return Ok(()) };
         let key: K = weir_state::codec::decode(timer.key_bytes()).context("decoding a timer's key")?;
         backend.set_current_key_prefixed(&timer.key);
         let ts = timer.ts;
@@ -151,7 +164,60 @@ fn set_key<K: Data>(env: &mut DriverEnv, key: &K, buf: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
-impl<Op: KeyedOperator> DriverOp for Keyed<Op> {
+/// What differs between the one- and the two-input keyed operator: how records reach it. Timers,
+/// the end of input and opening are the same for both and live in one [`DriverOp`] impl below.
+pub(crate) trait KeyedDriven: 'static {
+    type Key: Data;
+    type Out: Data;
+    fn open(&mut self, env: &mut DriverEnv) -> Result<()>;
+    fn process(
+        &mut self,
+        input: usize,
+        batch: &mut dyn Any,
+        env: &mut DriverEnv,
+        out: &mut Collector<Self::Out>,
+    ) -> Result<()>;
+    fn on_timer(
+        &mut self,
+        key: &Self::Key,
+        timer: FiredTimer,
+        ctx: &mut KeyedContext,
+        out: &mut Collector<Self::Out>,
+    ) -> Result<()>;
+    fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Self::Out>) -> Result<()>;
+}
+
+impl<K: KeyedDriven> DriverOp for K {
+    type Out = K::Out;
+    fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
+        KeyedDriven::open(self, env)
+    }
+    fn process(
+        &mut self,
+        input: usize,
+        batch: &mut dyn Any,
+        env: &mut DriverEnv,
+        out: &mut Collector<K::Out>,
+    ) -> Result<()> {
+        KeyedDriven::process(self, input, batch, env, out)
+    }
+    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<K::Out>) -> Result<()> {
+        fire_keyed_timers(TimeDomain::EventTime, wm, env, out, |k, t, c, o| self.on_timer(k, t, c, o))
+    }
+    fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<K::Out>) -> Result<()> {
+        fire_keyed_timers(TimeDomain::ProcessingTime, now, env, out, |k, t, c, o| self.on_timer(k, t, c, o))
+    }
+    fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
+        env.backend.as_ref().and_then(|b| b.next_timer(TimeDomain::ProcessingTime))
+    }
+    fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<K::Out>) -> Result<()> {
+        out.set_timestamp(None);
+        KeyedDriven::end_input(self, env, out)
+    }
+}
+
+impl<Op: KeyedOperator> KeyedDriven for Keyed<Op> {
+    type Key = Op::Key;
     type Out = Op::Out;
     fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
         self.op.open(&mut env.ctx)
@@ -166,19 +232,16 @@ impl<Op: KeyedOperator> DriverOp for Keyed<Op> {
         let op = &mut self.op;
         process_keyed(batch, &self.key_fn, &mut self.key_buf, env, out, |k, r, c, o| op.process(k, r, c, o))
     }
-    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
-        let op = &mut self.op;
-        fire_keyed_timers(TimeDomain::EventTime, wm, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
-    }
-    fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
-        let op = &mut self.op;
-        fire_keyed_timers(TimeDomain::ProcessingTime, now, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
-    }
-    fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
-        env.backend.as_ref().and_then(|b| b.next_timer(TimeDomain::ProcessingTime))
+    fn on_timer(
+        &mut self,
+        key: &Op::Key,
+        timer: FiredTimer,
+        ctx: &mut KeyedContext,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        self.op.on_timer(key, timer, ctx, out)
     }
     fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
-        out.set_timestamp(None);
         self.op.end_input(&mut env.ctx, out)
     }
 }
@@ -197,22 +260,12 @@ impl<Op: CoOperator> DriverOp for Co<Op> {
         env: &mut DriverEnv,
         out: &mut Collector<Op::Out>,
     ) -> Result<()> {
+        let op = &mut self.0;
         if input == 0 {
-            let batch = downcast::<Op::In1>(batch)?;
-            env.records_in.add(batch.len() as u64);
-            for r in batch.drain(..) {
-                out.set_timestamp(r.ts);
-                self.0.process1(r, &mut env.ctx, out)?;
-            }
+            process_each(batch, env, out, |r, c, o| op.process1(r, c, o))
         } else {
-            let batch = downcast::<Op::In2>(batch)?;
-            env.records_in.add(batch.len() as u64);
-            for r in batch.drain(..) {
-                out.set_timestamp(r.ts);
-                self.0.process2(r, &mut env.ctx, out)?;
-            }
+            process_each(batch, env, out, |r, c, o| op.process2(r, c, o))
         }
-        Ok(())
     }
     fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
         out.set_timestamp(None);
@@ -237,7 +290,8 @@ pub(crate) struct KeyedCo<Op: KeyedCoOperator> {
     pub key_buf: Vec<u8>,
 }
 
-impl<Op: KeyedCoOperator> DriverOp for KeyedCo<Op> {
+impl<Op: KeyedCoOperator> KeyedDriven for KeyedCo<Op> {
+    type Key = Op::Key;
     type Out = Op::Out;
     fn open(&mut self, env: &mut DriverEnv) -> Result<()> {
         self.op.open(&mut env.ctx)
@@ -256,19 +310,16 @@ impl<Op: KeyedCoOperator> DriverOp for KeyedCo<Op> {
             process_keyed(batch, &self.key2, &mut self.key_buf, env, out, |k, r, c, o| op.process2(k, r, c, o))
         }
     }
-    fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
-        let op = &mut self.op;
-        fire_keyed_timers(TimeDomain::EventTime, wm, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
-    }
-    fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
-        let op = &mut self.op;
-        fire_keyed_timers(TimeDomain::ProcessingTime, now, env, out, |k, t, c, o| op.on_timer(k, t, c, o))
-    }
-    fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
-        env.backend.as_ref().and_then(|b| b.next_timer(TimeDomain::ProcessingTime))
+    fn on_timer(
+        &mut self,
+        key: &Op::Key,
+        timer: FiredTimer,
+        ctx: &mut KeyedContext,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        self.op.on_timer(key, timer, ctx, out)
     }
     fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<Op::Out>) -> Result<()> {
-        out.set_timestamp(None);
         self.op.end_input(&mut env.ctx, out)
     }
 }

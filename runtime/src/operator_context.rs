@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use weir_state::{KeyedStateBackend, StateDescriptor, TimeDomain};
+use weir_state::{KeyedState, StateDescriptor, TimeDomain, TimerService};
 
 use crate::metrics::MetricGroup;
 
@@ -114,18 +114,17 @@ pub struct FiredTimer {
 }
 
 /// The context of a keyed operator: the operator context plus state and timers of the current key.
+///
+/// State is reached through descriptors bound to the subtask's [`KeyedState`] and timers through its
+/// [`TimerService`]; where either is stored is the runtime's business.
 pub struct KeyedContext<'a> {
     pub(crate) op: &'a mut OperatorContext,
-    pub(crate) backend: &'a mut KeyedStateBackend,
+    pub(crate) state: &'a mut KeyedState,
+    pub(crate) timers: &'a mut TimerService,
     pub(crate) ts: Option<i64>,
 }
 
 impl<'a> KeyedContext<'a> {
-    /// A keyed context over a backend whose current key is already set (for runtimes and tests).
-    pub fn new(op: &'a mut OperatorContext, backend: &'a mut KeyedStateBackend) -> Self {
-        KeyedContext { op, backend, ts: None }
-    }
-
     /// A typed view of a declared state, for the current key.
     ///
     /// ```
@@ -158,7 +157,7 @@ impl<'a> KeyedContext<'a> {
     /// let _op = CountPerKey { count: ValueStateDescriptor::new("count") };
     /// ```
     pub fn state<D: StateDescriptor>(&mut self, descriptor: &D) -> Result<D::Handle<'_>> {
-        descriptor.bind(self.backend)
+        descriptor.bind(self.state)
     }
 
     /// The event timestamp of the record being processed, or of the timer being fired.
@@ -178,32 +177,32 @@ impl<'a> KeyedContext<'a> {
 
     /// Calls `on_timer` for the current key once the watermark reaches `ts`.
     pub fn register_event_timer(&mut self, ts: i64) -> Result<()> {
-        self.backend.register_timer(TimeDomain::EventTime, ts, &[])
+        self.register_timer_in(TimeDomain::EventTime, ts, &[])
     }
 
     /// Calls `on_timer` for the current key once the wall clock reaches `ts` (epoch ms).
     pub fn register_processing_timer(&mut self, ts: i64) -> Result<()> {
-        self.backend.register_timer(TimeDomain::ProcessingTime, ts, &[])
+        self.register_timer_in(TimeDomain::ProcessingTime, ts, &[])
     }
 
     /// Removes an event-time timer of the current key.
     pub fn delete_event_timer(&mut self, ts: i64) -> Result<()> {
-        self.backend.delete_timer(TimeDomain::EventTime, ts, &[])
+        self.delete_timer_in(TimeDomain::EventTime, ts, &[])
     }
 
     /// Removes a processing-time timer of the current key.
     pub fn delete_processing_timer(&mut self, ts: i64) -> Result<()> {
-        self.backend.delete_timer(TimeDomain::ProcessingTime, ts, &[])
+        self.delete_timer_in(TimeDomain::ProcessingTime, ts, &[])
     }
 
     /// Registers a timer in a namespace (windows use the encoded window).
     pub fn register_timer_in(&mut self, domain: TimeDomain, ts: i64, ns: &[u8]) -> Result<()> {
-        self.backend.register_timer(domain, ts, ns)
+        self.timers.register(domain, ts, self.state.current_key_prefixed(), ns)
     }
 
     /// Removes a timer registered with [`register_timer_in`](Self::register_timer_in).
     pub fn delete_timer_in(&mut self, domain: TimeDomain, ts: i64, ns: &[u8]) -> Result<()> {
-        self.backend.delete_timer(domain, ts, ns)
+        self.timers.delete(domain, ts, self.state.current_key_prefixed(), ns)
     }
 
     /// The operator context (subtask info, counters).

@@ -21,11 +21,20 @@ pub(crate) trait Downstream {
     fn end_of_input(&mut self) -> Result<()>;
     /// Sends partly filled batches (buffer timeout).
     fn flush(&mut self) -> Result<()>;
+    // The defaults below suit a leaf that holds no operator (a channel to other tasks, a discard):
+    // only operators have processing-time callbacks and commit on completed checkpoints, so every
+    // output that contains one (a chain, a tee, the driver) forwards these explicitly.
     /// The earliest processing time (epoch ms) at which something in this subtree wants `on_time`.
-    fn next_wakeup(&self) -> Option<i64>;
-    fn on_time(&mut self, now: i64) -> Result<()>;
+    fn next_wakeup(&self) -> Option<i64> {
+        None
+    }
+    fn on_time(&mut self, _now: i64) -> Result<()> {
+        Ok(())
+    }
     /// Checkpoint `id` is complete (sinks commit).
-    fn checkpoint_complete(&mut self, id: u64) -> Result<()>;
+    fn checkpoint_complete(&mut self, _id: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A typed sink of record batches. `push` drains the batch and leaves the vector for reuse.
@@ -213,15 +222,6 @@ impl<T: Data> Downstream for NetworkOutput<T> {
         }
         Ok(())
     }
-    fn next_wakeup(&self) -> Option<i64> {
-        None
-    }
-    fn on_time(&mut self, _now: i64) -> Result<()> {
-        Ok(())
-    }
-    fn checkpoint_complete(&mut self, _id: u64) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// Feeds a chained operator by direct call.
@@ -346,15 +346,6 @@ impl Downstream for Discard {
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn next_wakeup(&self) -> Option<i64> {
-        None
-    }
-    fn on_time(&mut self, _now: i64) -> Result<()> {
-        Ok(())
-    }
-    fn checkpoint_complete(&mut self, _id: u64) -> Result<()> {
         Ok(())
     }
 }

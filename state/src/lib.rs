@@ -2,23 +2,39 @@
 //! and timer storage.
 //!
 //! Operators never use this crate's backend directly: the runtime owns one [`KeyedStateBackend`] per
-//! stateful subtask, sets the current key, and operators reach state through descriptors bound via
-//! their context.
+//! stateful subtask, sets the current key, and operators reach its [`KeyedState`] through
+//! descriptors bound via their context, and its [`TimerService`] through the same context.
+//!
+//! One concern a module: `meta` (what a state is), `descriptors` (declaring one), `handles` (its typed views), `keyed` (the state views read and write),
+//! `cache` (the write cache), `timers` (the timer service), `store` (the RocksDB database),
+//! `memory` (the shared budget), `backend` (all of it for one subtask), `snapshot` (reading and
+//! moving snapshots).
 
 #![warn(missing_docs)]
 
 mod backend;
+mod cache;
 pub mod codec;
+mod descriptors;
 mod handles;
+mod keyed;
 pub mod keygroup;
+mod memory;
+mod meta;
 pub mod snapshot;
+mod store;
+mod timers;
 
-pub use backend::{
-    system_clock, Clock, KeyedStateBackend, StateKind, StateMemory, StateMeta, StateTtlConfig, TimeDomain, Timer,
-    DEFAULT_CACHE_BYTES, DEFAULT_STATE_MEMORY, META_CF, TIMERS_CF,
+pub use backend::KeyedStateBackend;
+pub use cache::DEFAULT_CACHE_BYTES;
+pub use descriptors::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
+    StateDescriptor, ValueStateDescriptor,
 };
-pub use handles::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateDescriptor, ValueState, ValueStateDescriptor,
-};
+pub use handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+pub use keyed::KeyedState;
 pub use keygroup::{KeyGroupRange, DEFAULT_MAX_PARALLELISM};
+pub use memory::{StateMemory, DEFAULT_STATE_MEMORY};
+pub use meta::{system_clock, Clock, StateKind, StateMeta, StateTtlConfig};
+pub use store::{META_CF, TIMERS_CF};
+pub use timers::{TimeDomain, Timer, TimerService};

@@ -6,8 +6,10 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 
-use crate::backend::{cf_options, KeyedStateBackend, StateKind, StateMeta, META_CF, TIMERS_CF};
+use crate::backend::KeyedStateBackend;
 use crate::codec::{Codec, DefaultCodec};
+use crate::meta::{StateKind, StateMeta};
+use crate::store::{cf_options, META_CF, TIMERS_CF};
 
 /// The file name a RocksDB file had in its database, given the name it is stored under
 /// (shared SST files are stored as `<uid>-<subtask>-<run>-<name>`).
@@ -48,7 +50,7 @@ impl KeyedStateBackend {
                 .map(|item| -> Result<StateMeta> { Ok(serde_json::from_slice(&item?.1)?) })
                 .collect::<Result<_>>()?;
             for meta in &metas {
-                self.state_id(&meta.name, meta.kind, meta.ttl)?;
+                self.declare(meta)?;
             }
             let mut names: Vec<String> = metas.iter().map(|m| m.name.clone()).collect();
             names.push(TIMERS_CF.to_string());
@@ -58,7 +60,7 @@ impl KeyedStateBackend {
                 for item in src.iterator_cf(src_cf, IteratorMode::Start) {
                     let (k, v) = item?;
                     if k.len() >= 2 && range.contains(u16::from_be_bytes([k[0], k[1]])) {
-                        batch.put_cf(self.cf_for_import(&name)?, &k, &v);
+                        batch.put_cf(self.store().cf(&name)?, &k, &v);
                     }
                 }
                 self.write_import(batch)?;

@@ -48,40 +48,40 @@ fn every_state_kind_with_cache(limit: usize) {
 
     for key in 0..50u64 {
         b.set_current_key(&key).unwrap();
-        value.bind(&mut b).unwrap().update(&format!("v{key}")).unwrap();
+        value.bind(b.state()).unwrap().update(&format!("v{key}")).unwrap();
         for i in 0..(key % 5) as u32 {
-            list.bind(&mut b).unwrap().add(&i).unwrap();
+            list.bind(b.state()).unwrap().add(&i).unwrap();
         }
-        map.bind(&mut b).unwrap().put(&"a".into(), &(key as i64)).unwrap();
-        map.bind(&mut b).unwrap().put(&"b".into(), &-(key as i64)).unwrap();
+        map.bind(b.state()).unwrap().put(&"a".into(), &(key as i64)).unwrap();
+        map.bind(b.state()).unwrap().put(&"b".into(), &-(key as i64)).unwrap();
         for v in [key, key * 3, 2] {
-            red.bind(&mut b).unwrap().add(&v).unwrap();
-            agg.bind(&mut b).unwrap().add(&v).unwrap();
+            red.bind(b.state()).unwrap().add(&v).unwrap();
+            agg.bind(b.state()).unwrap().add(&v).unwrap();
         }
         // The same key in another namespace is a separate entry.
-        value.bind(&mut b).unwrap().in_namespace(b"ns1").update(&"other".into()).unwrap();
+        value.bind(b.state()).unwrap().in_namespace(b"ns1").update(&"other".into()).unwrap();
     }
     for key in 0..50u64 {
         b.set_current_key(&key).unwrap();
-        assert_eq!(value.bind(&mut b).unwrap().value().unwrap(), Some(format!("v{key}")));
-        assert_eq!(value.bind(&mut b).unwrap().in_namespace(b"ns1").value().unwrap(), Some("other".to_string()));
+        assert_eq!(value.bind(b.state()).unwrap().value().unwrap(), Some(format!("v{key}")));
+        assert_eq!(value.bind(b.state()).unwrap().in_namespace(b"ns1").value().unwrap(), Some("other".to_string()));
         let expect: Vec<u32> = (0..(key % 5) as u32).collect();
-        assert_eq!(list.bind(&mut b).unwrap().get().unwrap(), expect);
+        assert_eq!(list.bind(b.state()).unwrap().get().unwrap(), expect);
         assert_eq!(
-            map.bind(&mut b).unwrap().entries().unwrap(),
+            map.bind(b.state()).unwrap().entries().unwrap(),
             vec![("a".to_string(), key as i64), ("b".to_string(), -(key as i64))]
         );
-        assert_eq!(red.bind(&mut b).unwrap().get().unwrap(), Some((key * 3).max(2)));
-        let avg = agg.bind(&mut b).unwrap().get().unwrap().unwrap();
+        assert_eq!(red.bind(b.state()).unwrap().get().unwrap(), Some((key * 3).max(2)));
+        let avg = agg.bind(b.state()).unwrap().get().unwrap().unwrap();
         assert!((avg - (key as f64 * 4.0 + 2.0) / 3.0).abs() < 1e-9);
     }
     b.set_current_key(&7u64).unwrap();
-    map.bind(&mut b).unwrap().remove(&"a".into()).unwrap();
-    assert_eq!(map.bind(&mut b).unwrap().entries().unwrap(), vec![("b".to_string(), -7)]);
-    map.bind(&mut b).unwrap().clear().unwrap();
-    assert!(map.bind(&mut b).unwrap().is_empty().unwrap());
+    map.bind(b.state()).unwrap().remove(&"a".into()).unwrap();
+    assert_eq!(map.bind(b.state()).unwrap().entries().unwrap(), vec![("b".to_string(), -7)]);
+    map.bind(b.state()).unwrap().clear().unwrap();
+    assert!(map.bind(b.state()).unwrap().is_empty().unwrap());
     b.set_current_key(&8u64).unwrap();
-    assert_eq!(map.bind(&mut b).unwrap().entries().unwrap().len(), 2, "other keys untouched");
+    assert_eq!(map.bind(b.state()).unwrap().entries().unwrap().len(), 2, "other keys untouched");
     assert_eq!(b.count_entries("value").unwrap(), 100);
 }
 
@@ -90,10 +90,10 @@ fn a_state_name_cannot_change_kind() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = open(dir.path());
     b.set_current_key(&1).unwrap();
-    ValueStateDescriptor::<u64>::new("s").bind(&mut b).unwrap();
-    let err = ListStateDescriptor::<u64>::new("s").bind(&mut b).err().unwrap();
+    ValueStateDescriptor::<u64>::new("s").bind(b.state()).unwrap();
+    let err = ListStateDescriptor::<u64>::new("s").bind(b.state()).err().unwrap();
     assert!(err.to_string().contains("declared as Value"), "{err}");
-    assert!(ValueStateDescriptor::<u64>::new("_x").bind(&mut b).is_err());
+    assert!(ValueStateDescriptor::<u64>::new("_x").bind(b.state()).is_err());
 }
 
 #[test]
@@ -109,20 +109,20 @@ fn ttl_hides_and_removes_expired_entries() {
     let l = ListStateDescriptor::<u64>::new("l").with_ttl(ttl);
     let m = MapStateDescriptor::<u64, u64>::new("m").with_ttl(ttl);
     b.set_current_key(&"k").unwrap();
-    v.bind(&mut b).unwrap().update(&1).unwrap();
-    touched.bind(&mut b).unwrap().update(&1).unwrap();
-    l.bind(&mut b).unwrap().add(&1).unwrap();
-    m.bind(&mut b).unwrap().put(&1, &1).unwrap();
+    v.bind(b.state()).unwrap().update(&1).unwrap();
+    touched.bind(b.state()).unwrap().update(&1).unwrap();
+    l.bind(b.state()).unwrap().add(&1).unwrap();
+    m.bind(b.state()).unwrap().put(&1, &1).unwrap();
     now.store(1_060, Ordering::SeqCst);
-    l.bind(&mut b).unwrap().add(&2).unwrap();
-    m.bind(&mut b).unwrap().put(&2, &2).unwrap();
-    assert_eq!(touched.bind(&mut b).unwrap().value().unwrap(), Some(1), "read extends life");
-    assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), Some(1));
+    l.bind(b.state()).unwrap().add(&2).unwrap();
+    m.bind(b.state()).unwrap().put(&2, &2).unwrap();
+    assert_eq!(touched.bind(b.state()).unwrap().value().unwrap(), Some(1), "read extends life");
+    assert_eq!(v.bind(b.state()).unwrap().value().unwrap(), Some(1));
     now.store(1_100, Ordering::SeqCst);
-    assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), None, "expired at write + ttl");
-    assert_eq!(touched.bind(&mut b).unwrap().value().unwrap(), Some(1));
-    assert_eq!(l.bind(&mut b).unwrap().get().unwrap(), vec![2], "list elements expire one by one");
-    assert_eq!(m.bind(&mut b).unwrap().entries().unwrap(), vec![(2, 2)]);
+    assert_eq!(v.bind(b.state()).unwrap().value().unwrap(), None, "expired at write + ttl");
+    assert_eq!(touched.bind(b.state()).unwrap().value().unwrap(), Some(1));
+    assert_eq!(l.bind(b.state()).unwrap().get().unwrap(), vec![2], "list elements expire one by one");
+    assert_eq!(m.bind(b.state()).unwrap().entries().unwrap(), vec![(2, 2)]);
     assert_eq!(b.count_entries("v").unwrap(), 0, "expired value was deleted on read");
     assert_eq!(b.count_entries("m").unwrap(), 1, "expired map entry was deleted on read");
 }
@@ -142,13 +142,13 @@ fn timers_fire_in_order_deduplicate_and_survive_a_reopen() {
         b.register_timer(TimeDomain::EventTime, 20, b"").unwrap();
         b.delete_timer(TimeDomain::EventTime, 20, b"").unwrap();
         assert_eq!(b.timer_count(TimeDomain::EventTime), 4, "duplicate (b,10) kept once");
-        let t = b.pop_due_timer(TimeDomain::EventTime, 0).unwrap().unwrap();
+        let t = b.pop_due_timer(TimeDomain::EventTime, 0).unwrap();
         assert_eq!((t.ts, weir_state::codec::decode::<String>(t.key_bytes()).unwrap()), (-5, "c".into()));
     }
     let mut b = open(dir.path());
     assert_eq!(b.timer_count(TimeDomain::ProcessingTime), 1);
     let mut fired = Vec::new();
-    while let Some(t) = b.pop_due_timer(TimeDomain::EventTime, 25).unwrap() {
+    while let Some(t) = b.pop_due_timer(TimeDomain::EventTime, 25) {
         fired.push((t.ts, weir_state::codec::decode::<String>(t.key_bytes()).unwrap()));
     }
     // Equal timestamps fire in key-group order, which is not the keys' order.
@@ -166,7 +166,7 @@ fn reopening_keeps_state_and_only_owned_timers_are_loaded() {
         let mut b = open(dir.path());
         for key in 0..20u64 {
             b.set_current_key(&key).unwrap();
-            v.bind(&mut b).unwrap().update(&(key * 10)).unwrap();
+            v.bind(b.state()).unwrap().update(&(key * 10)).unwrap();
             b.register_timer(TimeDomain::EventTime, key as i64, b"").unwrap();
             owners.push(b.current_key_group() < 64);
         }
@@ -175,7 +175,7 @@ fn reopening_keeps_state_and_only_owned_timers_are_loaded() {
     let mut b = KeyedStateBackend::open(dir.path(), KeyGroupRange::for_subtask(128, 2, 0), 128).unwrap();
     assert_eq!(b.timer_count(TimeDomain::EventTime), owners.iter().filter(|o| **o).count());
     b.set_current_key(&3u64).unwrap();
-    assert_eq!(v.bind(&mut b).unwrap().value().unwrap(), Some(30));
+    assert_eq!(v.bind(b.state()).unwrap().value().unwrap(), Some(30));
 }
 
 /// In-place updates (`ValueState::update_with`, which aggregating and reducing state and the window
@@ -200,7 +200,7 @@ fn in_place_updates_agree_with_reads_writes_flushes_and_reopens() {
             be.set_current_key(&key).unwrap();
             match (x >> 8) % 10 {
                 0..=4 => {
-                    let seen = count.bind(be).unwrap().update_with(|v| {
+                    let seen = count.bind(be.state()).unwrap().update_with(|v| {
                         let before = v.clone();
                         v.get_or_insert_with(Vec::new).push(step);
                         before
@@ -209,16 +209,16 @@ fn in_place_updates_agree_with_reads_writes_flushes_and_reopens() {
                     model.entry(key).or_default().push(step);
                 }
                 5 => {
-                    count.bind(be).unwrap().update_with(|v| *v = None).unwrap();
+                    count.bind(be.state()).unwrap().update_with(|v| *v = None).unwrap();
                     model.remove(&key);
                 }
-                6 => assert_eq!(count.bind(be).unwrap().value().unwrap(), model.get(&key).cloned()),
+                6 => assert_eq!(count.bind(be.state()).unwrap().value().unwrap(), model.get(&key).cloned()),
                 7 => {
-                    count.bind(be).unwrap().update(&vec![step]).unwrap();
+                    count.bind(be.state()).unwrap().update(&vec![step]).unwrap();
                     model.insert(key, vec![step]);
                 }
                 8 => {
-                    count.bind(be).unwrap().clear().unwrap();
+                    count.bind(be.state()).unwrap().clear().unwrap();
                     model.remove(&key);
                 }
                 _ => match step % 3 {
@@ -229,7 +229,7 @@ fn in_place_updates_agree_with_reads_writes_flushes_and_reopens() {
                         let mut copy = open(&chk.path().join("db"));
                         for k in 0..23u64 {
                             copy.set_current_key(&k).unwrap();
-                            let v = count.bind(&mut copy).unwrap().value().unwrap();
+                            let v = count.bind(copy.state()).unwrap().value().unwrap();
                             assert_eq!(v, model.get(&k).cloned(), "checkpoint at step {step}, key {k}");
                         }
                     }
@@ -243,7 +243,11 @@ fn in_place_updates_agree_with_reads_writes_flushes_and_reopens() {
         let be = b.as_mut().unwrap();
         for key in 0..23u64 {
             be.set_current_key(&key).unwrap();
-            assert_eq!(count.bind(be).unwrap().value().unwrap(), model.get(&key).cloned(), "limit {limit} key {key}");
+            assert_eq!(
+                count.bind(be.state()).unwrap().value().unwrap(),
+                model.get(&key).cloned(),
+                "limit {limit} key {key}"
+            );
         }
         assert_eq!(be.count_entries("count").unwrap(), model.len() as u64);
     }

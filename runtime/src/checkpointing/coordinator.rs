@@ -124,6 +124,7 @@ impl PendingCheckpoint {
             status,
             trigger_time: self.barrier.timestamp,
             duration_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            terminal: self.barrier.terminal,
             error,
             ..Default::default()
         }
@@ -300,6 +301,7 @@ impl CheckpointCoordinator {
             status: "completed",
             trigger_time: p.barrier.timestamp,
             duration_ms: now.saturating_duration_since(p.started).as_millis() as u64,
+            terminal: p.barrier.terminal,
             size_bytes: bytes,
             incremental_bytes: p.new_bytes,
             alignment_ms: slowest(|s| s.alignment_ms),

@@ -1,0 +1,71 @@
+//! Reading a running job's control endpoint from a benchmark: the checkpoint history comes from
+//! `GET /checkpoints` (what the dashboard and `weir top` read), not from parsing log lines.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A loopback address with a port free right now, for a child's `--metrics-addr`.
+pub fn free_local_addr() -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// One completed checkpoint as `/checkpoints` reports it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct CheckpointStat {
+    pub id: u64,
+    pub status: String,
+    pub duration_ms: f64,
+    pub size_bytes: f64,
+    pub incremental_bytes: f64,
+    pub sync_ms: f64,
+    pub alignment_ms: f64,
+    #[serde(default)]
+    pub terminal: bool,
+    pub savepoint: Option<String>,
+}
+
+/// Polls a job's `/checkpoints` on a thread until [`finish`](Self::finish), keeping every entry it
+/// saw by id (the endpoint keeps the last 100). A bounded job's periodic checkpoints all complete
+/// before its terminal one is triggered, and that one takes longer than a poll interval, so the
+/// periodic ones are all seen while the job still runs.
+pub struct CheckpointWatch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<BTreeMap<u64, CheckpointStat>>,
+}
+
+impl CheckpointWatch {
+    /// Starts polling `http://{addr}/checkpoints` every 20 ms (connection errors mean the job is
+    /// not up yet or has gone, and are retried).
+    pub fn start(addr: &str) -> Self {
+        let url = format!("http://{addr}/checkpoints");
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = BTreeMap::new();
+            while !done.load(Ordering::Relaxed) {
+                let got =
+                    ureq::get(&url).timeout(Duration::from_secs(1)).call().ok().and_then(|r| r.into_string().ok());
+                if let Some(list) = got.and_then(|body| serde_json::from_str::<Vec<CheckpointStat>>(&body).ok()) {
+                    for c in list {
+                        seen.insert(c.id, c);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        CheckpointWatch { stop, thread }
+    }
+
+    /// Stops polling; returns the completed periodic checkpoints (no savepoints, not the terminal
+    /// checkpoint a bounded job ends with) in id order.
+    pub fn finish(self) -> Vec<CheckpointStat> {
+        self.stop.store(true, Ordering::Relaxed);
+        let seen = self.thread.join().unwrap_or_default();
+        seen.into_values().filter(|c| c.status == "completed" && !c.terminal && c.savepoint.is_none()).collect()
+    }
+}
