@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
+use weir::checkpoint::location::local_path;
 use weir::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
@@ -32,7 +33,7 @@ use weir::prelude::*;
 struct Cli {
     /// JSON-lines file or directory of bids, with keys auction, bidder, price, channel, url,
     /// date_time and extra.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = local_path)]
     input: Option<PathBuf>,
 
     /// Generate N bids with the built-in Nexmark generator instead of reading --input.
@@ -44,7 +45,7 @@ struct Cli {
     input_topic: Option<String>,
 
     /// Directory for the result part files.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     output: Option<PathBuf>,
 
     /// Write each row as the CSV text `window_start,auction,count,max_price` (key: the auction) to
@@ -65,12 +66,12 @@ struct Cli {
     window_parallelism: Option<usize>,
 
     /// Directory for late bids (JSON lines); without it late bids are only counted.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     late_output: Option<PathBuf>,
 
     /// Directory for unparsable input lines (JSON lines with file and offset); without it (and
     /// without --dead-letter-topic) an unparsable line fails the job, naming its file and offset.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     dead_letters: Option<PathBuf>,
 
     /// Kafka topic for unparsable records (JSON values with origin topic/partition, offset, raw

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use station::{Change, Reading};
+use weir::checkpoint::location::local_path;
 use weir::prelude::*;
 
 mod station;
@@ -37,11 +38,11 @@ struct Cli {
     listen: String,
 
     /// Directory for every accepted reading, as JSON lines (exactly once with checkpointing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     archive: Option<PathBuf>,
 
     /// Directory for hourly rentals and returns per station, as Parquet.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     output: Option<PathBuf>,
 
     /// Requests queued for the job before new ones get 503.

@@ -16,6 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use weir::checkpoint::location::local_path;
 use weir::nexmark::{Event, NexmarkConfig};
 use weir::operators::sources::nexmark::{bid_event_number, generate_event};
 
@@ -39,7 +40,7 @@ struct Cli {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Send every line of this file as one record.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = local_path)]
     input: Option<PathBuf>,
     /// With --input: parse each line as a JSON object and use this field as the record key, so
     /// that all records of a key land in one partition, in file order.

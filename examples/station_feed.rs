@@ -13,6 +13,7 @@ use chrono::{DateTime, NaiveDateTime};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use weir::checkpoint::location::local_path;
 use weir::prelude::parse_duration;
 
 /// Writes bike-station readings `{"stationId", "parkingBikeTotCnt", "event_time"}` as JSON
@@ -30,7 +31,7 @@ struct Cli {
     #[arg(long, default_value_t = 100_000)]
     readings: u64,
     /// Output file [default: standard output].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = local_path)]
     output: Option<PathBuf>,
     /// Event time of the first reading (UTC).
     #[arg(long, default_value = "2026-01-01 00:00:00", value_parser = parse_time)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use station::{Change, HourRow, Reading};
+use weir::checkpoint::location::local_path;
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
@@ -36,7 +37,7 @@ mod station;
 )]
 struct Cli {
     /// JSON-lines file or directory of readings.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = local_path)]
     input: Option<PathBuf>,
 
     /// Read readings (JSON values) from this Kafka topic.
@@ -44,7 +45,7 @@ struct Cli {
     input_topic: Option<String>,
 
     /// Directory for the Parquet output (year=/month=/day=/hour= subdirectories).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     output: Option<PathBuf>,
 
     /// Also write each row as a JSON object to this Kafka topic (key: the station).
@@ -57,12 +58,12 @@ struct Cli {
 
     /// Directory for readings that arrive after their hour was written (JSON lines); without it
     /// they are only counted. Their bike counts still update the station's previous count.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     late_output: Option<PathBuf>,
 
     /// Directory for unparsable readings (JSON lines with their origin and offset); without it an
     /// unparsable reading fails the job, naming its file or partition and offset.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     dead_letters: Option<PathBuf>,
 
     /// Readings per second per source subtask [default: as fast as possible].

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use weir::checkpoint::location::local_path;
 use weir::prelude::*;
 
 /// Counts trips per pickup date in CSV files with the columns hvfhs_license_num,
@@ -20,15 +21,15 @@ use weir::prelude::*;
 #[command(name = "trips_per_day", version)]
 struct Cli {
     /// A CSV file or a directory of CSV files.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = local_path)]
     input: PathBuf,
 
     /// Directory for the result part files.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     output: PathBuf,
 
     /// Directory for malformed rows (JSON lines: origin, line, offset, raw, error).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     dead_letters: PathBuf,
 
     #[command(flatten)]

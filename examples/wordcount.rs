@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{ArgGroup, CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
+use weir::checkpoint::location::local_path;
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
@@ -31,7 +32,7 @@ use weir::prelude::*;
 )]
 struct Cli {
     /// Text file or directory of text files.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = local_path)]
     input: Option<PathBuf>,
 
     /// Read lines from a TCP server at HOST:PORT.
@@ -47,7 +48,7 @@ struct Cli {
     rate: Option<u64>,
 
     /// Directory for the result part files.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     output: Option<PathBuf>,
 
     /// Write rows as the text `word,count` (key: the word) to this Kafka topic.

@@ -580,7 +580,7 @@ fn a_failed_task_restarts_the_job_from_its_last_checkpoint() {
     let n = 200_000u64;
     let job = |restart_attempts: u32, chk: &std::path::Path| {
         let env = StreamEnv::new(JobArgs {
-            checkpoint_dir: Some(chk.to_path_buf()),
+            checkpoint_dir: Some(chk.to_path_buf().into()),
             checkpoint_interval: Some(Duration::from_millis(20)),
             restart_attempts,
             restart_delay: Duration::from_millis(10),

@@ -5,13 +5,19 @@
 //! * [`storage`]: the layout of a job's checkpoint directory, incremental shared files,
 //!   retention, and savepoint copies.
 //! * [`inspect`]: reading a snapshot's keyed state without the job's Rust types.
+//! * [`location`]: where checkpoints live (a directory or `s3://bucket/prefix`); `remote` does the
+//!   object-store transfers behind [`CheckpointStorage`].
 
 #![warn(missing_docs)]
 
 pub mod inspect;
+pub mod location;
 pub mod metadata;
+mod remote;
+mod retention;
 pub mod storage;
 
+pub use location::Location;
 pub use metadata::{
     load, read_metadata, verify, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, OperatorSnapshot,
     SnapshotKind, SubtaskSnapshot, FORMAT_VERSION, METADATA_FILE as METADATA_FILE_NAME,

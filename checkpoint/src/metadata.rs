@@ -138,8 +138,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `_metadata` into `dir` (the commit point of the snapshot).
-pub fn write_metadata(dir: &Path, meta: &CheckpointMetadata) -> Result<()> {
+/// The bytes of a `_metadata` file describing `meta`.
+pub fn metadata_bytes(meta: &CheckpointMetadata) -> Result<Vec<u8>> {
     let body = serde_json::to_string(meta)?;
     let raw = RawValue::from_string(body)?;
     let env = EnvelopeOut {
@@ -147,27 +147,32 @@ pub fn write_metadata(dir: &Path, meta: &CheckpointMetadata) -> Result<()> {
         checksum: hex(xxhash_rust::xxh3::xxh3_64(raw.get().as_bytes())),
         body: &raw,
     };
-    write_atomic(&dir.join(METADATA_FILE), &serde_json::to_vec_pretty(&env)?)
+    Ok(serde_json::to_vec_pretty(&env)?)
+}
+
+/// Writes `_metadata` into `dir` (the commit point of the snapshot).
+pub fn write_metadata(dir: &Path, meta: &CheckpointMetadata) -> Result<()> {
+    write_atomic(&dir.join(METADATA_FILE), &metadata_bytes(meta)?)
 }
 
 /// Reads and checks `dir/_metadata`.
 pub fn read_metadata(dir: &Path) -> Result<CheckpointMetadata> {
     let path = dir.join(METADATA_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let env: EnvelopeIn =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid metadata", path.display()))?;
+    parse_metadata(&text, &path.display().to_string())
+}
+
+/// Checks and decodes the text of a `_metadata` file; `origin` names it in errors.
+pub fn parse_metadata(text: &str, origin: &str) -> Result<CheckpointMetadata> {
+    let env: EnvelopeIn = serde_json::from_str(text).with_context(|| format!("{origin} is not valid metadata"))?;
     if env.format_version != FORMAT_VERSION {
-        bail!(
-            "{} has format version {}, this build reads version {FORMAT_VERSION}",
-            path.display(),
-            env.format_version
-        );
+        bail!("{origin} has format version {}, this build reads version {FORMAT_VERSION}", env.format_version);
     }
     let actual = hex(xxhash_rust::xxh3::xxh3_64(env.body.get().as_bytes()));
     if actual != env.checksum {
-        bail!("{} is corrupt: checksum {actual}, expected {}", path.display(), env.checksum);
+        bail!("{origin} is corrupt: checksum {actual}, expected {}", env.checksum);
     }
-    serde_json::from_str(env.body.get()).with_context(|| format!("decoding {}", path.display()))
+    serde_json::from_str(env.body.get()).with_context(|| format!("decoding {origin}"))
 }
 
 /// xxh3-64 of a file's content and its size.

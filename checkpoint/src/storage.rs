@@ -11,17 +11,29 @@
 //!
 //! Shared files are reference-counted by recount: after each completed checkpoint, a shared file
 //! that no retained checkpoint references is deleted.
+//!
+//! On an object store (`s3://bucket/prefix`) the layout is the same under `prefix/<job>/`, and a
+//! local directory mirrors it: every file is placed in the mirror as on a local disk, then
+//! uploaded; restores download into the mirror what it lacks (a new machine downloads everything,
+//! a restart on the same machine nothing unchanged) and then read it as a local checkpoint. Object
+//! stores have no rename, so checkpoint ids are reserved and `_metadata` committed with create-only
+//! puts: of two coordinators (a stale one and a new one), exactly one commits an id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use weir_state::snapshot::original_file_name;
 
+use crate::location::Location;
 use crate::metadata::{
-    checksum_file, load, read_metadata, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, SnapshotKind,
-    SubtaskSnapshot, METADATA_FILE,
+    checksum_file, load, metadata_bytes, parse_metadata, write_atomic, write_metadata, CheckpointMetadata, FileRef,
+    LoadedSnapshot, SnapshotKind, SubtaskSnapshot, METADATA_FILE,
 };
+use crate::remote::Remote;
+
+/// The object that reserves a checkpoint id on an object store.
+const RESERVED_FILE: &str = "_reserved";
 
 /// Hard-links `src` to `dst`, or copies it where links are impossible (another file system).
 pub fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
@@ -40,7 +52,10 @@ fn file_ref(base: &Path, path: &Path) -> Result<FileRef> {
 /// The checkpoints of one job.
 #[derive(Clone, Debug)]
 pub struct CheckpointStorage {
-    base: PathBuf,
+    /// The job's checkpoint directory, or the local mirror of its object-store prefix.
+    pub(crate) base: PathBuf,
+    /// The job's prefix on an object store.
+    pub(crate) remote: Option<Remote>,
 }
 
 impl CheckpointStorage {
@@ -48,12 +63,34 @@ impl CheckpointStorage {
     pub fn new(checkpoint_dir: &Path, job: &str) -> Result<Self> {
         let base = checkpoint_dir.join(job);
         std::fs::create_dir_all(base.join("shared")).with_context(|| format!("creating {}", base.display()))?;
-        Ok(CheckpointStorage { base })
+        Ok(CheckpointStorage { base, remote: None })
     }
 
-    /// `<checkpoint-dir>/<job>`.
+    /// The storage of `job` at `location`. For an object store, `mirror` is the local directory
+    /// that keeps copies of the files this process wrote or read (see the module comment).
+    pub fn open(location: &Location, job: &str, mirror: &Path) -> Result<Self> {
+        match location {
+            Location::Local(dir) => Self::new(dir, job),
+            Location::S3 { bucket, prefix } => {
+                let remote = Remote::s3(bucket, prefix)?.child(job);
+                std::fs::create_dir_all(mirror.join("shared"))
+                    .with_context(|| format!("creating {}", mirror.display()))?;
+                Ok(CheckpointStorage { base: mirror.to_path_buf(), remote: Some(remote) })
+            }
+        }
+    }
+
+    /// `<checkpoint-dir>/<job>`, or the local mirror of an object-store location.
     pub fn base(&self) -> &Path {
         &self.base
+    }
+
+    /// Where the checkpoints are, for messages: a directory or `s3://bucket/prefix/<job>`.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_string(),
+            None => self.base.display().to_string(),
+        }
     }
 
     /// The directory of checkpoint `id`.
@@ -64,15 +101,42 @@ impl CheckpointStorage {
     /// Records on disk that checkpoint `id` was started, before its barriers flow: ids are never
     /// reused after a crash, so what sinks did under an id (a transaction, a file) is never
     /// confused with a later checkpoint's.
+    ///
+    /// On an object store the reservation is a create-only put, so two coordinators of the same
+    /// job can never both use an id: the second fails here.
     pub fn reserve(&self, id: u64) -> Result<()> {
         let dir = self.chk_dir(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::File::open(&self.base)?.sync_all()?;
+        if let Some(remote) = &self.remote {
+            if !remote.put_new(&format!("chk-{id}/{RESERVED_FILE}"), Vec::new())? {
+                bail!(
+                    "checkpoint {id} in {} is already reserved: another coordinator of this job is running",
+                    remote.url()
+                );
+            }
+        }
         Ok(())
     }
 
     /// Every `chk-<n>` directory, complete or not, by increasing id.
+    /// The paths are local (in the mirror, for an object store).
     pub fn list(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let mut out = Vec::new();
+        if let Some(remote) = &self.remote {
+            for name in remote.list_dirs("")? {
+                if let Some(id) = name.strip_prefix("chk-").and_then(|n| n.parse().ok()) {
+                    out.push((id, self.chk_dir(id)));
+                }
+            }
+            out.sort();
+            return Ok(out);
+        }
+        self.list_local()
+    }
+
+    /// Every `chk-<n>` directory of the local directory (the mirror, for an object store).
+    pub(crate) fn list_local(&self) -> Result<Vec<(u64, PathBuf)>> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.base)? {
             let e = e?;
@@ -92,6 +156,16 @@ impl CheckpointStorage {
     /// The newest checkpoint that is complete and intact; broken ones are skipped with a warning.
     pub fn latest_valid(&self) -> Result<Option<LoadedSnapshot>> {
         for (id, dir) in self.list()?.into_iter().rev() {
+            if let Some(remote) = &self.remote {
+                match self.fetch(remote, id) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(checkpoint = id, error = format!("{e:#}"), "skipping a broken checkpoint");
+                        continue;
+                    }
+                }
+            }
             if !dir.join(METADATA_FILE).exists() {
                 continue;
             }
@@ -101,6 +175,32 @@ impl CheckpointStorage {
             }
         }
         Ok(None)
+    }
+
+    /// Brings checkpoint `id` from the object store into the mirror: its `_metadata` and every
+    /// file the mirror lacks or holds differently. `false` when it has no `_metadata` (abandoned
+    /// or in progress).
+    fn fetch(&self, remote: &Remote, id: u64) -> Result<bool> {
+        let key = format!("chk-{id}/{METADATA_FILE}");
+        let Some(bytes) = remote.get(&key)? else { return Ok(false) };
+        let text = String::from_utf8(bytes).with_context(|| format!("{}/{key} is not text", remote.url()))?;
+        let meta = parse_metadata(&text, &format!("{}/{key}", remote.url()))?;
+        let missing: Vec<(String, PathBuf)> = meta
+            .files()
+            .filter(|f| {
+                let local = self.base.join(&f.path);
+                !checksum_file(&local).is_ok_and(|(size, sum)| size == f.size && sum == f.xxh3)
+            })
+            .map(|f| (f.path.clone(), self.base.join(&f.path)))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(checkpoint = id, files = missing.len(), from = remote.url(), "downloading a checkpoint");
+        }
+        remote.download(missing)?;
+        let dir = self.chk_dir(id);
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(METADATA_FILE), text.as_bytes())?;
+        Ok(true)
     }
 
     /// Stores one subtask's snapshot of checkpoint `id`: the files of a local RocksDB checkpoint
@@ -120,6 +220,8 @@ impl CheckpointStorage {
         let private = self.chk_dir(id).join(format!("{uid}-{subtask}"));
         std::fs::create_dir_all(&private)?;
         let mut files = Vec::new();
+        // Files this call placed, to upload when the checkpoints live on an object store.
+        let mut placed: Vec<(PathBuf, String)> = Vec::new();
         if let Some(local) = local_db {
             let mut names: Vec<String> = std::fs::read_dir(local)?
                 .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(String::from)))
@@ -136,11 +238,14 @@ impl CheckpointStorage {
                     link_or_copy(&src, &dst)?;
                     let f = file_ref(&self.base, &dst)?;
                     known.insert(name, f.clone());
+                    placed.push((dst, f.path.clone()));
                     files.push(f);
                 } else {
                     let dst = private.join(&name);
                     std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-                    files.push(file_ref(&self.base, &dst)?);
+                    let f = file_ref(&self.base, &dst)?;
+                    placed.push((dst, f.path.clone()));
+                    files.push(f);
                 }
             }
         }
@@ -148,47 +253,31 @@ impl CheckpointStorage {
             Some(bytes) => {
                 let path = private.join("operator_state.json");
                 std::fs::write(&path, bytes)?;
-                Some(file_ref(&self.base, &path)?)
+                let f = file_ref(&self.base, &path)?;
+                placed.push((path, f.path.clone()));
+                Some(f)
             }
             None => None,
         };
+        if let Some(remote) = &self.remote {
+            remote.upload(placed)?;
+        }
         Ok((files, state))
     }
 
-    /// Completes checkpoint `meta.checkpoint_id` by writing its metadata.
+    /// Completes checkpoint `meta.checkpoint_id` by writing its metadata. On an object store the
+    /// write is create-only: if another coordinator committed the id, this fails and nothing of
+    /// this checkpoint is visible.
     pub fn complete(&self, meta: &CheckpointMetadata) -> Result<()> {
-        let dir = self.chk_dir(meta.checkpoint_id);
+        let id = meta.checkpoint_id;
+        let dir = self.chk_dir(id);
         std::fs::create_dir_all(&dir)?;
+        if let Some(remote) = &self.remote {
+            if !remote.put_new(&format!("chk-{id}/{METADATA_FILE}"), metadata_bytes(meta)?)? {
+                bail!("checkpoint {id} in {} was committed by another coordinator of this job", remote.url());
+            }
+        }
         write_metadata(&dir, meta)
-    }
-
-    /// Keeps the newest `retain` complete checkpoints, deletes older and abandoned ones, and
-    /// deletes every shared file no kept checkpoint references.
-    pub fn retain(&self, retain: usize) -> Result<()> {
-        let all = self.list()?;
-        let complete: Vec<u64> =
-            all.iter().filter(|(_, d)| d.join(METADATA_FILE).exists()).map(|(id, _)| *id).collect();
-        let keep: HashSet<u64> = complete.iter().rev().take(retain.max(1)).copied().collect();
-        let newest = complete.last().copied().unwrap_or(0);
-        let mut referenced = HashSet::new();
-        for (id, dir) in &all {
-            if keep.contains(id) {
-                if let Ok(meta) = read_metadata(dir) {
-                    referenced.extend(meta.files().map(|f| f.path.clone()));
-                }
-            } else if *id < newest || dir.join(METADATA_FILE).exists() {
-                // Older than the newest complete one (or complete but not kept): never needed again.
-                std::fs::remove_dir_all(dir).with_context(|| format!("deleting {}", dir.display()))?;
-            }
-        }
-        for e in std::fs::read_dir(self.base.join("shared"))? {
-            let e = e?;
-            let rel = format!("shared/{}", e.file_name().to_string_lossy());
-            if !referenced.contains(&rel) {
-                std::fs::remove_file(e.path())?;
-            }
-        }
-        Ok(())
     }
 
     /// Copies checkpoint `snapshot` into a self-contained savepoint directory under `root`.

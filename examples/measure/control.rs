@@ -31,7 +31,8 @@ pub struct CheckpointStat {
 /// Polls a job's `/checkpoints` on a thread until [`finish`](Self::finish), keeping every entry it
 /// saw by id (the endpoint keeps the last 100). A bounded job's periodic checkpoints all complete
 /// before its terminal one is triggered, and that one takes longer than a poll interval, so the
-/// periodic ones are all seen while the job still runs.
+/// periodic ones are all seen while the job still runs; the terminal one is seen unless the job
+/// exits within a poll interval of completing it.
 pub struct CheckpointWatch {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<BTreeMap<u64, CheckpointStat>>,
@@ -61,11 +62,11 @@ impl CheckpointWatch {
         CheckpointWatch { stop, thread }
     }
 
-    /// Stops polling; returns the completed periodic checkpoints (no savepoints, not the terminal
-    /// checkpoint a bounded job ends with) in id order.
+    /// Stops polling; returns the completed checkpoints (no savepoints) in id order, the
+    /// terminal one a bounded job ends with included if it was seen (see [`CheckpointStat::terminal`]).
     pub fn finish(self) -> Vec<CheckpointStat> {
         self.stop.store(true, Ordering::Relaxed);
         let seen = self.thread.join().unwrap_or_default();
-        seen.into_values().filter(|c| c.status == "completed" && !c.terminal && c.savepoint.is_none()).collect()
+        seen.into_values().filter(|c| c.status == "completed" && c.savepoint.is_none()).collect()
     }
 }

@@ -4,6 +4,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use weir_checkpoint::Location;
+
+/// `--checkpoint-dir`: a local directory, `file://` or `s3://bucket/prefix`; any other scheme is
+/// refused at start.
+fn parse_location(s: &str) -> Result<Location, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+/// A flag that takes a local directory only: a URL is refused instead of becoming a directory
+/// named after its scheme.
+fn local_path(s: &str) -> Result<PathBuf, String> {
+    weir_checkpoint::location::local_path(s).map_err(|e| e.to_string())
+}
 
 /// Parses durations written like `200ms`, `10s`, `1h`, `1m 30s`.
 ///
@@ -58,7 +71,7 @@ pub struct JobArgs {
 
     /// Directory for the RocksDB working state of stateful operators [default: a temporary
     /// directory removed when the job ends].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = local_path)]
     pub state_dir: Option<PathBuf>,
 
     /// Longest time a partly filled batch waits before it is sent downstream (trades latency
@@ -74,9 +87,11 @@ pub struct JobArgs {
     #[arg(long, default_value = "16", value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
     pub channel_capacity: u32,
 
-    /// Where checkpoints are stored (a directory per job under it). Required for checkpointing.
-    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
-    pub checkpoint_dir: Option<PathBuf>,
+    /// Where checkpoints are stored (a directory per job under it): a local directory, `file://`
+    /// or `s3://bucket/prefix` (endpoint and credentials from the `AWS_*` environment). Required
+    /// for checkpointing.
+    #[arg(long, value_name = "DIR|URL", value_parser = parse_location, help_heading = "Checkpoints")]
+    pub checkpoint_dir: Option<Location>,
 
     /// Take a checkpoint this often (off if not given).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "checkpoint_dir", help_heading = "Checkpoints")]
@@ -108,7 +123,7 @@ pub struct JobArgs {
     pub allow_non_restored_state: bool,
 
     /// Where savepoints go (taken on request and when the job is stopped with SIGTERM/SIGINT).
-    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
+    #[arg(long, value_name = "DIR", value_parser = local_path, help_heading = "Checkpoints")]
     pub savepoint_dir: Option<PathBuf>,
 
     /// Times the job restarts in-process from its latest checkpoint after a failure (0: exit).

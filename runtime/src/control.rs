@@ -26,10 +26,13 @@ pub(crate) struct SavepointRequest {
     pub reply: Sender<Result<PathBuf, String>>,
 }
 
-/// What `/checkpoints` reports about one checkpoint.
+/// What `/checkpoints` reports about one checkpoint (and [`JobResult::checkpoints`](crate::JobResult)
+/// keeps of it once the job ended).
 #[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct CheckpointInfo {
+pub struct CheckpointInfo {
+    /// The checkpoint id.
     pub id: u64,
+    /// `completed`, `failed` or `expired`.
     pub status: &'static str,
     /// Epoch ms at which the barriers were injected.
     pub trigger_time: i64,
@@ -42,26 +45,38 @@ pub(crate) struct CheckpointInfo {
     pub size_bytes: u64,
     /// Bytes this checkpoint stored anew.
     pub incremental_bytes: u64,
-    /// The slowest subtask's barrier alignment, synchronous and asynchronous parts.
+    /// The slowest subtask's barrier alignment.
     pub alignment_ms: f64,
+    /// The slowest subtask's synchronous part (its task thread not processing records).
     pub sync_ms: f64,
+    /// The slowest subtask's asynchronous part (storing its files).
     pub async_ms: f64,
+    /// Where the savepoint was written, if this was one.
     pub savepoint: Option<String>,
+    /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Every subtask's part.
     pub subtasks: Vec<SubtaskCheckpointInfo>,
 }
 
 /// One subtask's part of a checkpoint.
 #[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct SubtaskCheckpointInfo {
+pub struct SubtaskCheckpointInfo {
+    /// The operator's uid.
     pub operator: String,
+    /// The subtask index.
     pub subtask: usize,
     /// From the trigger to the subtask's acknowledgement (its barrier arrived and it snapshotted).
     pub ack_ms: f64,
+    /// Its barrier alignment.
     pub alignment_ms: f64,
+    /// Its synchronous part.
     pub sync_ms: f64,
+    /// Its asynchronous part.
     pub async_ms: f64,
+    /// Bytes its snapshot refers to.
     pub size_bytes: u64,
+    /// Bytes it stored anew.
     pub incremental_bytes: u64,
 }
 

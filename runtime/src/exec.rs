@@ -15,7 +15,7 @@ use weir_checkpoint::CheckpointStorage;
 use crate::args::JobArgs;
 use crate::attempt::{run_attempt, AttemptEnd, AttemptEnv};
 use crate::checkpointing::restore::{check_restore, initial_restore, Restore};
-use crate::control::{ControlState, JobInfo, OperatorInfo, SavepointRequest};
+use crate::control::{CheckpointInfo, ControlState, JobInfo, OperatorInfo, SavepointRequest};
 use crate::graph::Graph;
 use crate::metrics::JobMetrics;
 use crate::plan::{plan, sanitize};
@@ -27,6 +27,8 @@ pub struct JobResult {
     pub counters: BTreeMap<String, u64>,
     /// Wall time from start to the end of the last task.
     pub elapsed: Duration,
+    /// The job's checkpoints (the last 100, as `/checkpoints` showed them), terminal one included.
+    pub checkpoints: Vec<CheckpointInfo>,
 }
 
 impl JobResult {
@@ -35,6 +37,9 @@ impl JobResult {
         self.counters.get(name).copied().unwrap_or(0)
     }
 }
+
+/// The directory under a job's state directory that mirrors its checkpoints on an object store.
+const CHECKPOINT_MIRROR: &str = "_checkpoints";
 
 /// Names the process that owns a temporary state directory.
 const OWNER_FILE: &str = "owner.pid";
@@ -86,7 +91,11 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
     std::fs::create_dir_all(&state_root)
         .with_context(|| format!("creating state directory {}", state_root.display()))?;
     let storage = match (&args.checkpoint_dir, args.checkpointing()) {
-        (Some(dir), true) => Some(CheckpointStorage::new(dir, &sanitize(job_name))?),
+        // On an object store the job's files are mirrored locally beside its state, so that a
+        // restart on this machine downloads only what it lacks.
+        (Some(location), true) => {
+            Some(CheckpointStorage::open(location, &sanitize(job_name), &state_root.join(CHECKPOINT_MIRROR))?)
+        }
         _ => None,
     };
     let mut restore = initial_restore(&args.restore, storage.as_ref())?;
@@ -162,7 +171,8 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
             }
         }
     }
-    let result = JobResult { counters: metrics.counters(), elapsed: started.elapsed() };
+    let checkpoints = control.checkpoints.lock().clone();
+    let result = JobResult { counters: metrics.counters(), elapsed: started.elapsed(), checkpoints };
     tracing::info!(elapsed_ms = result.elapsed.as_millis() as u64, "job '{job_name}' finished");
     Ok(result)
 }

@@ -40,6 +40,7 @@ mod time;
 
 pub use api::{ConnectedStreams, DataStream, KeyedConnectedStreams, KeyedStream, StreamEnv};
 pub use args::{parse_bytes, parse_duration, JobArgs};
+pub use control::{CheckpointInfo, SubtaskCheckpointInfo};
 pub use element::{CheckpointBarrier, Data, Record, StreamElement, MAX_WATERMARK};
 pub use error::Cancelled;
 pub use exec::JobResult;

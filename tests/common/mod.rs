@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod s3;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -272,6 +273,29 @@ pub fn kill_until_done(
     min_kills: usize,
     seed: u64,
 ) -> usize {
+    let runs = KillRuns { max_checkpoint: &|| max_checkpoint(job_chk), per_run: &|_| Vec::new(), env: &[] };
+    kill_until_done_with(job, args, &runs, early, late, min_kills, seed)
+}
+
+/// What [`kill_until_done_with`] needs besides the job: where its checkpoints are counted, the
+/// arguments that change from run to run (a fresh `--state-dir`, a new machine), and environment.
+pub struct KillRuns<'a> {
+    pub max_checkpoint: &'a dyn Fn() -> u64,
+    pub per_run: &'a dyn Fn(usize) -> Vec<String>,
+    pub env: &'a [(String, String)],
+}
+
+/// [`kill_until_done`] with checkpoints anywhere (an object store) and per-run arguments.
+pub fn kill_until_done_with(
+    job: &str,
+    args: &[String],
+    runs: &KillRuns,
+    early: &[&str],
+    late: &[&str],
+    min_kills: usize,
+    seed: u64,
+) -> usize {
+    let mut run = 0;
     let mut rng = Rng::new(seed);
     let mut kills = 0;
     let mut point = 0;
@@ -283,14 +307,16 @@ pub fn kill_until_done(
         let mut cmd = Command::new(example(job));
         // WEIR_DEBUG_KILLS=1: the jobs log at info, and every killed run's log tail is printed.
         let log = if std::env::var_os("WEIR_DEBUG_KILLS").is_some() { "info" } else { "warn" };
-        cmd.args(args).env("RUST_LOG", log).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args).args((runs.per_run)(run)).envs(runs.env.iter().cloned());
+        cmd.env("RUST_LOG", log).stdout(Stdio::null()).stderr(Stdio::piped());
+        run += 1;
         let random_phase_done = point >= early.len() && kills >= min_kills + early.len();
         let named = if point < early.len() {
-            cmd.env("WEIR_CRASH_AT", format!("{}:{}", early[point], max_checkpoint(job_chk) + 2));
+            cmd.env("WEIR_CRASH_AT", format!("{}:{}", early[point], (runs.max_checkpoint)() + 2));
             point += 1;
             true
         } else if random_phase_done && point < early.len() + late.len() {
-            cmd.env("WEIR_CRASH_AT", format!("{}:{}", late[point - early.len()], max_checkpoint(job_chk) + 1));
+            cmd.env("WEIR_CRASH_AT", format!("{}:{}", late[point - early.len()], (runs.max_checkpoint)() + 1));
             point += 1;
             true
         } else {

@@ -80,7 +80,7 @@ pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// use std::time::Duration;
 /// use weir_operators::kafka::check_transaction_timeout;
 /// let mut args = weir_runtime::JobArgs::default();
-/// args.checkpoint_dir = Some("/tmp/chk".into());
+/// args.checkpoint_dir = Some("/tmp/chk".parse().unwrap());
 /// args.checkpoint_interval = Some(Duration::from_secs(10));
 /// assert!(check_transaction_timeout(Duration::from_secs(15 * 60), &args).is_ok());
 /// assert!(check_transaction_timeout(Duration::from_secs(60), &args).is_err());

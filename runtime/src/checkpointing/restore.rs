@@ -106,6 +106,11 @@ pub(crate) fn initial_restore(spec: &str, storage: Option<&CheckpointStorage>) -
             None => Ok(None),
         },
         path => {
+            if let Some((scheme, _)) = weir_checkpoint::location::url_scheme(path) {
+                bail!(
+                    "--restore {path}: restoring a named {scheme}:// snapshot is not supported yet; use --restore latest with --checkpoint-dir {scheme}://..."
+                );
+            }
             let p = Path::new(path);
             if !p.exists() {
                 bail!("--restore {path}: no such savepoint or checkpoint directory");

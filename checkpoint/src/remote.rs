@@ -1,0 +1,217 @@
+//! An object-store prefix seen through blocking calls: the checkpoint I/O thread, the restore
+//! path and the CLI are plain threads, so each call runs its future on a small runtime of this
+//! module's own. Transfers of many files run in parallel (bounded), never on task threads.
+//!
+//! Object stores have no rename: commit points are written with create-only puts
+//! ([`Remote::put_new`]), which exactly one writer wins.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{anyhow, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+/// Transfers in flight at once per call.
+const PARALLEL_TRANSFERS: usize = 8;
+
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("weir-object-store")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("starting the object-store runtime: {e}"))
+}
+
+/// Runs `f` to completion from a plain thread (or, when called inside a runtime, from a scoped
+/// thread of its own, since a runtime cannot block on another inside itself).
+fn block_on<F>(f: F) -> Result<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let rt = runtime()?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(rt.block_on(f));
+    }
+    std::thread::scope(|s| match s.spawn(|| rt.block_on(f)).join() {
+        Ok(out) => Ok(out),
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// A key prefix in a bucket.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    url: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+fn is_exists(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })
+}
+
+impl Remote {
+    /// `s3://bucket/prefix`, with endpoint, region and credentials from the `AWS_*` environment
+    /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP=true` for a server without TLS).
+    pub(crate) fn s3(bucket: &str, prefix: &str) -> Result<Self> {
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .with_context(|| format!("configuring s3://{bucket} from the AWS_* environment"))?;
+        let url = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+        Ok(Remote { store: Arc::new(store), prefix: prefix.trim_matches('/').to_string(), url })
+    }
+
+    /// The same store under `prefix/child`.
+    pub(crate) fn child(&self, child: &str) -> Remote {
+        Remote {
+            store: self.store.clone(),
+            prefix: self.key(child),
+            url: format!("{}/{child}", self.url.trim_end_matches('/')),
+        }
+    }
+
+    /// `s3://bucket/prefix`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn key(&self, key: &str) -> String {
+        match (self.prefix.is_empty(), key.is_empty()) {
+            (true, _) => key.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{key}", self.prefix),
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        ObjectPath::from(self.key(key))
+    }
+
+    /// Creates `key` unless it exists: `Ok(false)` when another writer created it first.
+    pub(crate) fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
+        let path = self.path(key);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match block_on(self.store.put_opts(&path, PutPayload::from(bytes), opts))? {
+            Ok(_) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("writing {}/{key}", self.url)),
+        }
+    }
+
+    /// Reads `key`; `None` if it does not exist.
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key);
+        let got = block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(got.with_context(|| format!("reading {}/{key}", self.url))?.map(|b| b.to_vec()))
+    }
+
+    /// Uploads local files, each `(local path, key)`, several at a time.
+    pub(crate) fn upload(&self, files: Vec<(PathBuf, String)>) -> Result<()> {
+        block_on(
+            futures::stream::iter(files)
+                .map(|(local, key)| async move {
+                    let bytes =
+                        tokio::fs::read(&local).await.with_context(|| format!("reading {}", local.display()))?;
+                    self.store
+                        .put(&self.path(&key), PutPayload::from(bytes))
+                        .await
+                        .with_context(|| format!("uploading {} to {}/{key}", local.display(), self.url))?;
+                    anyhow::Ok(())
+                })
+                .buffer_unordered(PARALLEL_TRANSFERS)
+                .try_collect::<Vec<()>>(),
+        )??;
+        Ok(())
+    }
+
+    /// Downloads objects, each `(key, local path)`, several at a time; each is written to a
+    /// temporary name first, so a crash never leaves a partial file under the real name.
+    pub(crate) fn download(&self, files: Vec<(String, PathBuf)>) -> Result<()> {
+        block_on(
+            futures::stream::iter(files)
+                .map(|(key, local)| async move {
+                    let bytes = async { self.store.get(&self.path(&key)).await?.bytes().await }
+                        .await
+                        .with_context(|| format!("downloading {}/{key}", self.url))?;
+                    write_new_file(&local, &bytes).await
+                })
+                .buffer_unordered(PARALLEL_TRANSFERS)
+                .try_collect::<Vec<()>>(),
+        )??;
+        Ok(())
+    }
+
+    /// The names directly below `prefix` that are "directories" (have keys below them).
+    pub(crate) fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let path = self.path(prefix);
+        let listed = block_on(self.store.list_with_delimiter(Some(&path)))?
+            .with_context(|| format!("listing {}/{prefix}", self.url))?;
+        Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+    }
+
+    /// Every key below `prefix` (recursively) relative to this remote's prefix, with its size.
+    pub(crate) fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let path = self.path(prefix);
+        let metas = block_on(self.store.list(Some(&path)).try_collect::<Vec<_>>())?
+            .with_context(|| format!("listing {}/{prefix}", self.url))?;
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.location.as_ref().strip_prefix(strip.as_str())?.to_string();
+                Some((key, m.size))
+            })
+            .collect())
+    }
+
+    /// Deletes keys (missing ones are fine), several at a time.
+    pub(crate) fn delete(&self, keys: Vec<String>) -> Result<()> {
+        block_on(
+            futures::stream::iter(keys)
+                .map(|key| async move {
+                    match self.store.delete(&self.path(&key)).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(anyhow::Error::new(e).context(format!("deleting {}/{key}", self.url))),
+                    }
+                })
+                .buffer_unordered(PARALLEL_TRANSFERS)
+                .try_collect::<Vec<()>>(),
+        )??;
+        Ok(())
+    }
+}
+
+async fn write_new_file(local: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = local.parent().context("download target without a directory")?;
+    tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.part", local.file_name().and_then(|n| n.to_str()).unwrap_or("download")));
+    tokio::fs::write(&tmp, bytes).await.with_context(|| format!("writing {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, local).await.with_context(|| format!("renaming to {}", local.display()))?;
+    Ok(())
+}
