@@ -228,3 +228,52 @@ fn location_flags_refuse_what_weir_cannot_write() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("weir does not support gs:// locations"), "{err}");
 }
+
+#[test]
+fn checkpoints_on_s3_restore_at_other_parallelisms() {
+    let bucket = common::s3::bucket("rescale");
+    // The jobs below inherit the AWS_* environment.
+    bucket.export();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 60_000);
+    let args = |out: &Path, p: usize, extra: &[&str]| -> Vec<String> {
+        let p = p.to_string();
+        ["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--window-parallelism", &p]
+            .iter()
+            .chain(&["--progress-interval", "0s"])
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let ref_out = dir.path().join("ref-out");
+    run_ok("auction_windows", &args(&ref_out, 2, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+
+    let out = dir.path().join("out");
+    let chk = bucket.url("chk");
+    let checkpointed = |p: usize, state: &str| {
+        let state = dir.path().join(state);
+        let extra = ["--checkpoint-dir", &chk, "--checkpoint-interval", "100ms", "--rate", "10000"];
+        let mut a = args(&out, p, &extra);
+        a.extend(["--state-dir".to_string(), state.to_str().unwrap().to_string()]);
+        a
+    };
+    let completed = || bucket.list("chk/auction_windows/").iter().filter(|(k, _)| k.ends_with("/_metadata")).count();
+    // Killed at parallelism 2, then at 3 (each on a new machine), finished at 1.
+    for (p, state) in [(2, "state-a"), (3, "state-b")] {
+        let first = bucket.max_checkpoint("chk/auction_windows");
+        let mut job = common::spawn("auction_windows", &checkpointed(p, state));
+        let started = std::time::Instant::now();
+        while bucket.max_checkpoint("chk/auction_windows") < first + 4 {
+            assert!(job.child.try_wait().unwrap().is_none(), "the job ended early:\n{}", job.log());
+            assert!(started.elapsed().as_secs() < 60, "no checkpoints at parallelism {p}:\n{}", job.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        job.child.kill().unwrap();
+        job.child.wait().unwrap();
+        assert!(completed() > 0, "a complete checkpoint to restore from");
+    }
+    run_ok("auction_windows", &checkpointed(1, "state-c").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(sorted_rows(&out), sorted_rows(&ref_out), "committed windows equal the failure-free run");
+    assert_retention(&bucket, "chk/auction_windows", 2);
+}
