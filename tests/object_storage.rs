@@ -277,3 +277,72 @@ fn checkpoints_on_s3_restore_at_other_parallelisms() {
     assert_eq!(sorted_rows(&out), sorted_rows(&ref_out), "committed windows equal the failure-free run");
     assert_retention(&bucket, "chk/auction_windows", 2);
 }
+
+#[test]
+fn savepoints_on_s3_are_inspected_and_restored_on_a_new_machine() {
+    let bucket = common::s3::bucket("savepoints");
+    bucket.export();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 60_000);
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (reference, out) = (dir.path().join("ref"), dir.path().join("out"));
+    run_ok("auction_windows", &["--input", &p(&input), "--output", &p(&reference), "--window-parallelism", "2"]);
+
+    let (chk, sp) = (bucket.url("chk"), bucket.url("sp"));
+    let args: Vec<String> = [
+        "--input",
+        &p(&input),
+        "--output",
+        &p(&out),
+        "--window-parallelism",
+        "2",
+        "--checkpoint-dir",
+        &chk,
+        "--checkpoint-interval",
+        "200ms",
+        "--savepoint-dir",
+        &sp,
+        "--rate",
+        "10000",
+        "--state-dir",
+        &p(&dir.path().join("machine-1")),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut job = common::spawn("auction_windows", &args);
+    let started = std::time::Instant::now();
+    while bucket.max_checkpoint("chk/auction_windows") < 3 {
+        assert!(job.child.try_wait().unwrap().is_none(), "the job ended early:\n{}", job.log());
+        assert!(started.elapsed().as_secs() < 60, "no checkpoints:\n{}", job.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Stop with a savepoint, which goes to the store.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(job.child.id() as i32, libc::SIGTERM) };
+    assert!(job.child.wait().unwrap().success(), "stop with savepoint exits 0:\n{}", job.log());
+    let saved: Vec<String> =
+        bucket.list("sp/").into_iter().filter_map(|(k, _)| k.strip_suffix("/_metadata").map(String::from)).collect();
+    assert_eq!(saved.len(), 1, "one savepoint on the store: {saved:?}");
+    let url = format!("s3://{}/{}", bucket.name, saved[0]);
+    assert!(sorted_rows(&out).len() < sorted_rows(&reference).len(), "stopped before the end");
+
+    // The CLI reads it where it is.
+    let inspect =
+        std::process::Command::new(common::weir_cli()).args(["savepoint", "inspect", "--json", &url]).output().unwrap();
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(report["kind"], "savepoint");
+    let windows = report["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "auction-windows").unwrap();
+    assert_eq!(windows["parallelism"], 2);
+
+    // Restored from the store on a new machine at parallelism 3: the same final output.
+    let mut resumed = args.clone();
+    let n = resumed.len();
+    resumed[n - 1] = p(&dir.path().join("machine-2"));
+    resumed[5] = "3".into();
+    resumed.extend(["--restore".to_string(), url.clone()]);
+    run_ok("auction_windows", &resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(sorted_rows(&out), sorted_rows(&reference), "restored at parallelism 3 from {url}");
+}

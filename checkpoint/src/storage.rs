@@ -280,31 +280,75 @@ impl CheckpointStorage {
         write_metadata(&dir, meta)
     }
 
-    /// Copies checkpoint `snapshot` into a self-contained savepoint directory under `root`.
-    pub fn write_savepoint(&self, snapshot: &CheckpointMetadata, root: &Path) -> Result<PathBuf> {
-        let dir = root.join(format!("savepoint-{}-{}", snapshot.job, snapshot.checkpoint_id));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
+    /// Copies checkpoint `snapshot` into a self-contained savepoint `savepoint-<job>-<n>` under
+    /// `root` (a directory or an object-store prefix) and returns where it is.
+    pub fn write_savepoint(&self, snapshot: &CheckpointMetadata, root: &Location) -> Result<String> {
+        let name = format!("savepoint-{}-{}", snapshot.job, snapshot.checkpoint_id);
         let mut meta = snapshot.clone();
         meta.kind = SnapshotKind::Savepoint;
+        // (the file in this storage's directory, its path in the savepoint)
+        let mut copies: Vec<(PathBuf, String)> = Vec::new();
         for op in &mut meta.operators {
             for st in &mut op.subtasks {
                 let sub = format!("{}-{}", op.uid, st.subtask);
-                std::fs::create_dir_all(dir.join(&sub))?;
                 for f in st.keyed_files.iter_mut().chain(st.operator_state.iter_mut()) {
-                    let name =
-                        Path::new(&f.path).file_name().context("file without name")?.to_string_lossy().into_owned();
-                    let rel = format!("{sub}/{name}");
-                    std::fs::copy(self.base.join(&f.path), dir.join(&rel))?;
+                    let file = Path::new(&f.path).file_name().context("file without name")?.to_string_lossy();
+                    let rel = format!("{sub}/{file}");
+                    copies.push((self.base.join(&f.path), rel.clone()));
                     f.path = rel;
                 }
             }
         }
-        write_metadata(&dir, &meta)?;
-        Ok(dir)
+        match root {
+            Location::Local(root) => {
+                let dir = root.join(&name);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                for (src, rel) in &copies {
+                    let dst = dir.join(rel);
+                    std::fs::create_dir_all(dst.parent().context("savepoint file without directory")?)?;
+                    std::fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+                }
+                std::fs::create_dir_all(&dir)?;
+                write_metadata(&dir, &meta)?;
+                Ok(dir.display().to_string())
+            }
+            Location::S3 { bucket, prefix } => {
+                let remote = Remote::s3(bucket, prefix)?.child(&name);
+                remote.upload(copies)?;
+                if !remote.put_new(METADATA_FILE, metadata_bytes(&meta)?)? {
+                    bail!("{} exists already", remote.url());
+                }
+                Ok(remote.url().to_string())
+            }
+        }
     }
+}
+
+/// The directory of a snapshot on this machine: a local path as it is; a savepoint on an object
+/// store downloaded into `scratch` (its `_metadata` last, so a partial download is never taken
+/// for a savepoint). Loading the result verifies every file.
+pub fn local_snapshot(location: &Location, scratch: &Path) -> Result<PathBuf> {
+    let (bucket, prefix) = match location {
+        Location::Local(p) => return Ok(p.clone()),
+        Location::S3 { bucket, prefix } => (bucket, prefix),
+    };
+    let remote = Remote::s3(bucket, prefix)?;
+    let bytes =
+        remote.get(METADATA_FILE)?.with_context(|| format!("{location} has no {METADATA_FILE}: not a savepoint"))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{location}/{METADATA_FILE} is not text"))?;
+    let meta = parse_metadata(&text, &format!("{location}/{METADATA_FILE}"))?;
+    if meta.kind != SnapshotKind::Savepoint {
+        bail!("{location} is a checkpoint: restore checkpoints on object storage with --checkpoint-dir and --restore latest");
+    }
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch).with_context(|| format!("clearing {}", scratch.display()))?;
+    }
+    remote.download(meta.files().map(|f| (f.path.clone(), scratch.join(&f.path))).collect())?;
+    std::fs::create_dir_all(scratch)?;
+    write_atomic(&scratch.join(METADATA_FILE), text.as_bytes())?;
+    Ok(scratch.to_path_buf())
 }
 
 /// Puts a subtask's keyed files under their original names into `dest`, ready to open.

@@ -122,9 +122,10 @@ pub struct JobArgs {
     #[arg(long, help_heading = "Checkpoints")]
     pub allow_non_restored_state: bool,
 
-    /// Where savepoints go (taken on request and when the job is stopped with SIGTERM/SIGINT).
-    #[arg(long, value_name = "DIR", value_parser = local_path, help_heading = "Checkpoints")]
-    pub savepoint_dir: Option<PathBuf>,
+    /// Where savepoints go (taken on request and when the job is stopped with SIGTERM/SIGINT): a
+    /// local directory, `file://` or `s3://bucket/prefix`.
+    #[arg(long, value_name = "DIR|URL", value_parser = parse_location, help_heading = "Checkpoints")]
+    pub savepoint_dir: Option<Location>,
 
     /// Times the job restarts in-process from its latest checkpoint after a failure (0: exit).
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Checkpoints")]

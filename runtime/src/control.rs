@@ -5,7 +5,6 @@
 //! It runs on a small tokio runtime of its own thread, so it never competes with task threads.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use crate::metrics::{JobMetrics, SubtaskSample};
 
 /// A request for a savepoint, answered with its path once complete.
 pub(crate) struct SavepointRequest {
-    pub reply: Sender<Result<PathBuf, String>>,
+    pub reply: Sender<Result<String, String>>,
 }
 
 /// What `/checkpoints` reports about one checkpoint (and [`JobResult::checkpoints`](crate::JobResult)

@@ -41,6 +41,9 @@ impl JobResult {
 /// The directory under a job's state directory that mirrors its checkpoints on an object store.
 const CHECKPOINT_MIRROR: &str = "_checkpoints";
 
+/// Where a savepoint named by `--restore s3://...` is downloaded to, under the job's state directory.
+const RESTORE_SCRATCH: &str = "_restore";
+
 /// Names the process that owns a temporary state directory.
 const OWNER_FILE: &str = "owner.pid";
 
@@ -98,7 +101,7 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         }
         _ => None,
     };
-    let mut restore = initial_restore(&args.restore, storage.as_ref())?;
+    let mut restore = initial_restore(&args.restore, storage.as_ref(), &state_root.join(RESTORE_SCRATCH))?;
     if let Some(r) = &restore {
         check_restore(r, &plan.uids, plan.max_parallelism, args.allow_non_restored_state)?;
         tracing::info!(checkpoint = r.meta.checkpoint_id, path = %r.dir.display(), "restoring");

@@ -10,8 +10,8 @@
 //! source ended or a stop was asked for, after which nothing more is triggered.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use weir_checkpoint::Location;
 
 use anyhow::anyhow;
 use crossbeam_channel::Sender;
@@ -32,7 +32,7 @@ pub(crate) struct CheckpointConfig {
     /// Failed checkpoints in a row that the job tolerates before it fails.
     pub tolerable_failures: u32,
     /// Where savepoints go; without it savepoint requests are refused.
-    pub savepoint_dir: Option<PathBuf>,
+    pub savepoint_dir: Option<Location>,
     /// Completed checkpoints kept in storage.
     pub retain: usize,
 }
@@ -54,7 +54,7 @@ impl JobLayout {
     }
 }
 
-type Reply = Sender<Result<PathBuf, String>>;
+type Reply = Sender<Result<String, String>>;
 
 /// One checkpoint in flight: the barrier, and the stored snapshots of the subtasks that
 /// acknowledged it so far.
@@ -130,7 +130,7 @@ impl PendingCheckpoint {
         }
     }
 
-    fn reply_all(self, answer: Result<PathBuf, String>) {
+    fn reply_all(self, answer: Result<String, String>) {
         for r in self.replies {
             let _ = r.send(answer.clone());
         }
@@ -173,7 +173,7 @@ pub(crate) struct StoredSubtask {
 /// What to store as the commit point of a fully acknowledged checkpoint.
 pub(crate) struct Finalize {
     pub meta: CheckpointMetadata,
-    pub savepoint_root: Option<PathBuf>,
+    pub savepoint_root: Option<Location>,
     pub retain: usize,
 }
 
@@ -285,7 +285,7 @@ impl CheckpointCoordinator {
     pub(crate) fn completed(
         &mut self,
         id: u64,
-        savepoint: Option<PathBuf>,
+        savepoint: Option<String>,
         bytes: u64,
         now: Instant,
     ) -> Option<CheckpointInfo> {
@@ -307,13 +307,13 @@ impl CheckpointCoordinator {
             alignment_ms: slowest(|s| s.alignment_ms),
             sync_ms: slowest(|s| s.sync_ms),
             async_ms: slowest(|s| s.async_ms),
-            savepoint: savepoint.as_ref().map(|p| p.display().to_string()),
+            savepoint: savepoint.clone(),
             error: None,
             subtasks,
         };
         match &savepoint {
             Some(path) => {
-                tracing::info!(checkpoint = id, duration_ms = info.duration_ms, size_bytes = bytes, path = %path.display(), "savepoint complete")
+                tracing::info!(checkpoint = id, duration_ms = info.duration_ms, size_bytes = bytes, path = %path, "savepoint complete")
             }
             None => tracing::info!(
                 checkpoint = id,

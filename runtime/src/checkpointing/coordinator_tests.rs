@@ -2,6 +2,7 @@
 
 use super::*;
 use crossbeam_channel::unbounded;
+use std::path::PathBuf;
 
 const S: Duration = Duration::from_secs(1);
 
@@ -11,7 +12,7 @@ fn config() -> CheckpointConfig {
         min_pause: Duration::ZERO,
         timeout: 60 * S,
         tolerable_failures: 1,
-        savepoint_dir: Some(PathBuf::from("/savepoints")),
+        savepoint_dir: Some(Location::Local(PathBuf::from("/savepoints"))),
         retain: 3,
     }
 }
@@ -143,9 +144,9 @@ fn a_savepoint_request_triggers_at_once_and_is_answered_with_its_path() {
     let b = c.trigger(t0).expect("a savepoint is due at once");
     assert!(b.savepoint && !b.terminal);
     let f = store_all(&mut c, b.id, t0 + S);
-    assert_eq!(f.savepoint_root, Some(PathBuf::from("/savepoints")));
-    c.completed(b.id, Some(PathBuf::from("/savepoints/sp-1")), 0, t0 + S);
-    assert_eq!(rx.try_recv().unwrap(), Ok(PathBuf::from("/savepoints/sp-1")));
+    assert_eq!(f.savepoint_root, Some(Location::Local(PathBuf::from("/savepoints"))));
+    c.completed(b.id, Some("/savepoints/sp-1".to_string()), 0, t0 + S);
+    assert_eq!(rx.try_recv().unwrap(), Ok("/savepoints/sp-1".to_string()));
 }
 
 #[test]

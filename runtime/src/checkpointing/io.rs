@@ -2,25 +2,24 @@
 //! the task threads, so a slow store delays only checkpoints, never records.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use crossbeam_channel::{Receiver, Sender};
-use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, SubtaskSnapshot};
+use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, Location, SubtaskSnapshot};
 
 use super::task::{LocalSnapshot, SnapshotTiming};
 
 /// Work for the checkpoint I/O thread, done in order.
 pub(crate) enum IoJob {
     Upload { id: u64, node: usize, uid: String, subtask: usize, snapshot: LocalSnapshot },
-    Finalize { meta: CheckpointMetadata, savepoint_root: Option<PathBuf>, retain: usize },
+    Finalize { meta: CheckpointMetadata, savepoint_root: Option<Location>, retain: usize },
     Discard { snapshot: LocalSnapshot },
 }
 
 /// What the I/O thread reports.
 pub(crate) enum IoDone {
     Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64, timing: SnapshotTiming, async_ms: f64 },
-    Finalized { id: u64, savepoint: Option<PathBuf>, bytes: u64 },
+    Finalized { id: u64, savepoint: Option<String>, bytes: u64 },
     Failed { id: u64, error: String },
 }
 
@@ -85,7 +84,7 @@ pub(crate) fn io_thread(
             IoJob::Finalize { meta, savepoint_root, retain } => {
                 let id = meta.checkpoint_id;
                 let bytes = meta.files().map(|f| f.size).sum();
-                let r = (|| -> Result<Option<PathBuf>> {
+                let r = (|| -> Result<Option<String>> {
                     storage.complete(&meta)?;
                     let sp = match savepoint_root {
                         Some(root) => Some(storage.write_savepoint(&meta, &root)?),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use weir_checkpoint::{materialize, CheckpointStorage, FileRef, LoadedSnapshot, SnapshotKind};
+use weir_checkpoint::{materialize, CheckpointStorage, FileRef, LoadedSnapshot, Location, SnapshotKind};
 use weir_state::snapshot::original_file_name;
 use weir_state::{KeyGroupRange, KeyedStateBackend, StateMemory};
 
@@ -97,8 +97,13 @@ impl Restore {
         out
     }
 }
-/// Loads the snapshot `--restore` names: `none`, `latest`, or a path.
-pub(crate) fn initial_restore(spec: &str, storage: Option<&CheckpointStorage>) -> Result<Option<LoadedSnapshot>> {
+/// Loads the snapshot `--restore` names: `none`, `latest`, a path, or the URL of a savepoint on
+/// an object store (downloaded into `scratch` first).
+pub(crate) fn initial_restore(
+    spec: &str,
+    storage: Option<&CheckpointStorage>,
+    scratch: &Path,
+) -> Result<Option<LoadedSnapshot>> {
     match spec {
         "none" => Ok(None),
         "latest" => match storage {
@@ -106,16 +111,13 @@ pub(crate) fn initial_restore(spec: &str, storage: Option<&CheckpointStorage>) -
             None => Ok(None),
         },
         path => {
-            if let Some((scheme, _)) = weir_checkpoint::location::url_scheme(path) {
-                bail!(
-                    "--restore {path}: restoring a named {scheme}:// snapshot is not supported yet; use --restore latest with --checkpoint-dir {scheme}://..."
-                );
-            }
-            let p = Path::new(path);
-            if !p.exists() {
+            let location: Location = path.parse().with_context(|| format!("--restore {path}"))?;
+            let dir =
+                weir_checkpoint::local_snapshot(&location, scratch).with_context(|| format!("--restore {path}"))?;
+            if !dir.exists() {
                 bail!("--restore {path}: no such savepoint or checkpoint directory");
             }
-            Ok(Some(weir_checkpoint::load(p).with_context(|| format!("--restore {path}"))?))
+            Ok(Some(weir_checkpoint::load(&dir).with_context(|| format!("--restore {path}"))?))
         }
     }
 }

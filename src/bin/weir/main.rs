@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use weir::checkpoint::{inspect, load, read_metadata, CheckpointStorage, METADATA_FILE_NAME};
+use weir::checkpoint::{inspect, load, local_snapshot, read_metadata, CheckpointStorage, Location, METADATA_FILE_NAME};
 use weir::operators::kafka::KafkaSinkState;
 
 mod top;
@@ -61,7 +61,7 @@ enum KafkaCommand {
         brokers: String,
         /// The job's checkpoint directory (`<checkpoint-dir>/<job>`: its newest complete
         /// checkpoint is read), or a `chk-N` or savepoint directory.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_parser = weir::checkpoint::location::local_path)]
         checkpoint: PathBuf,
         /// Abort the open transaction of this transactional id by initialising it (this also
         /// fences a running producer that holds it: stop the job first).
@@ -76,6 +76,7 @@ enum CheckpointsCommand {
     /// job's directory in it).
     List {
         /// The checkpoint directory.
+        #[arg(value_parser = weir::checkpoint::location::local_path)]
         dir: PathBuf,
     },
 }
@@ -85,16 +86,18 @@ enum SavepointCommand {
     /// Shows operators, key groups, states with entry counts, source offsets, pending sink
     /// epochs and watermarks of a savepoint or checkpoint directory.
     Inspect {
-        /// The savepoint (or `chk-N`) directory.
-        path: PathBuf,
+        /// The savepoint (or `chk-N`) directory, or a savepoint's `s3://bucket/prefix`.
+        #[arg(value_parser = parse_location)]
+        path: Location,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints every entry of one state as JSON lines (key group, key, namespace, value).
     Dump {
-        /// The savepoint (or `chk-N`) directory.
-        path: PathBuf,
+        /// The savepoint (or `chk-N`) directory, or a savepoint's `s3://bucket/prefix`.
+        #[arg(value_parser = parse_location)]
+        path: Location,
         /// The operator's uid.
         #[arg(long)]
         operator: String,
@@ -221,6 +224,11 @@ fn transactions(brokers: &str, path: &std::path::Path, abort: Option<&str>) -> R
     Ok(())
 }
 
+/// A snapshot location argument: a directory, `file://` or `s3://bucket/prefix`.
+fn parse_location(s: &str) -> Result<Location, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -230,7 +238,8 @@ fn main() -> Result<()> {
         Command::Checkpoints { command: CheckpointsCommand::List { dir } } => list(&dir),
         Command::Top { job, interval, once } => top::run(&job, interval, once),
         Command::Savepoint { command: SavepointCommand::Inspect { path, json } } => {
-            let snap = load(&path)?;
+            let scratch = tempfile::tempdir()?;
+            let snap = load(&local_snapshot(&path, scratch.path())?)?;
             let report = inspect::inspect(&snap)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -240,7 +249,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Savepoint { command: SavepointCommand::Dump { path, operator, state } } => {
-            let snap = load(&path)?;
+            let scratch = tempfile::tempdir()?;
+            let snap = load(&local_snapshot(&path, scratch.path())?)?;
             for entry in inspect::dump(&snap, &operator, &state)? {
                 println!("{entry}");
             }
