@@ -36,6 +36,10 @@ struct Cli {
     /// Bids per run of the checkpoint comparison (generator, parallelism 2); 0 skips it.
     #[arg(long, default_value_t = 10_000_000)]
     checkpoint_bids: u64,
+    /// Also checkpoint to this object-store location (e.g. `s3://bucket/bench`, endpoint and
+    /// credentials from the AWS_* environment), every 10 s and every 1 s, beside the local runs.
+    #[arg(long, value_name = "URL")]
+    object_store: Option<String>,
 }
 
 struct Run {
@@ -135,25 +139,38 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Throughput with checkpoints off, every 10 s and every 1 s, with checkpoint durations and sizes.
+/// Throughput with checkpoints off, every 10 s and every 1 s (on the local disk, and on an object
+/// store if asked), with checkpoint durations and sizes.
 fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     println!("\nCheckpoints (generator, {} bids, parallelism 2, median of {} runs):\n", cli.checkpoint_bids, cli.runs);
     println!("| checkpoints | bids/s | vs off | taken per run | duration p50 ms | duration max ms | size p50 MiB | incremental p50 MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |b: f64| b / (1u64 << 20) as f64;
-    let intervals = [None, Some("10s"), Some("1s")];
-    // Runs of the three settings alternate, so that noise on a shared machine hits all alike.
-    let mut secs = vec![Vec::new(); intervals.len()];
-    let mut stats = vec![(Vec::new(), Vec::new(), Vec::new()); intervals.len()];
+    // (label, interval, object-store location)
+    let mut settings: Vec<(String, Option<&str>, Option<&str>)> =
+        vec![("off".into(), None, None), ("10s".into(), Some("10s"), None), ("1s".into(), Some("1s"), None)];
+    if let Some(url) = cli.object_store.as_deref() {
+        settings.push((format!("10s, {url}"), Some("10s"), Some(url)));
+        settings.push((format!("1s, {url}"), Some("1s"), Some(url)));
+    }
+    // Runs of the settings alternate, so that noise on a shared machine hits all alike.
+    let mut secs = vec![Vec::new(); settings.len()];
+    let mut stats = vec![(Vec::new(), Vec::new(), Vec::new()); settings.len()];
     for r in 0..cli.runs {
-        for (k, interval) in intervals.iter().enumerate() {
+        for (k, (_, interval, remote)) in settings.iter().enumerate() {
             let out = dir.join(format!("cp-out-{r}"));
             let chk = dir.join(format!("cp-chk-{r}"));
             let mut cmd = Command::new(job);
             cmd.arg("--output").arg(&out).arg("--parallelism").arg("2").arg("--progress-interval").arg("0s");
             cmd.arg("--generate").arg(cli.checkpoint_bids.to_string());
+            cmd.arg("--state-dir").arg(dir.join(format!("cp-state-{r}")));
             if let Some(iv) = interval {
-                cmd.arg("--checkpoint-dir").arg(&chk).arg("--checkpoint-interval").arg(iv);
+                // Every run checkpoints under a prefix of its own, so none restores another's.
+                let location = match remote {
+                    Some(url) => format!("{}/run-{r}-{k}", url.trim_end_matches('/')),
+                    None => chk.display().to_string(),
+                };
+                cmd.arg("--checkpoint-dir").arg(location).arg("--checkpoint-interval").arg(iv);
             }
             let addr = measure::control::free_local_addr()?;
             cmd.arg("--metrics-addr").arg(&addr);
@@ -169,15 +186,16 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             }
             let _ = std::fs::remove_dir_all(&out);
             let _ = std::fs::remove_dir_all(&chk);
+            let _ = std::fs::remove_dir_all(dir.join(format!("cp-state-{r}")));
         }
     }
     let off = cli.checkpoint_bids as f64 / median(secs[0].clone());
-    for (k, interval) in intervals.iter().enumerate() {
+    for (k, (label, _, _)) in settings.iter().enumerate() {
         let rate = cli.checkpoint_bids as f64 / median(secs[k].clone());
         let (d, s, i) = stats[k].clone();
         println!(
             "| {} | {rate:.0} | {:+.1} % | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
-            interval.unwrap_or("off"),
+            label,
             (rate / off - 1.0) * 100.0,
             d.len() as f64 / cli.runs as f64,
             percentile(d.clone(), 0.5),

@@ -134,7 +134,14 @@ fn store_checkpoint(
 ) -> CheckpointMetadata {
     let db = tempfile::tempdir().unwrap();
     for name in ssts {
-        std::fs::write(db.path().join(name), format!("contents of {name}").repeat(100)).unwrap();
+        // A "big" file is larger than the upload buffer (8 MiB): it goes up as a multipart upload.
+        let bytes: Vec<u8> = if name.contains("big") {
+            let mut rng = Rng::new(3);
+            (0..20 << 20).map(|_| rng.below(256) as u8).collect()
+        } else {
+            format!("contents of {name}").repeat(100).into_bytes()
+        };
+        std::fs::write(db.path().join(name), bytes).unwrap();
     }
     std::fs::write(db.path().join("MANIFEST-000001"), format!("manifest of {id}")).unwrap();
     storage.reserve(id).unwrap();
@@ -178,8 +185,8 @@ fn restores_download_verify_and_skip_what_is_broken_on_the_store() {
     let writer_mirror = tempfile::tempdir().unwrap();
     let writer = CheckpointStorage::open(&location, "race", writer_mirror.path()).unwrap();
     let mut known = Default::default();
-    store_checkpoint(&writer, 1, &["000010.sst"], &mut known);
-    let second = store_checkpoint(&writer, 2, &["000010.sst", "000011.sst"], &mut known);
+    store_checkpoint(&writer, 1, &["000009-big.sst", "000010.sst"], &mut known);
+    let second = store_checkpoint(&writer, 2, &["000009-big.sst", "000010.sst", "000011.sst"], &mut known);
     writer.retain(2).unwrap();
     // The SST only checkpoint 2 has.
     let only_second = second.files().find(|f| f.path.ends_with("000011.sst")).unwrap().path.clone();
@@ -190,6 +197,9 @@ fn restores_download_verify_and_skip_what_is_broken_on_the_store() {
     let latest = fresh.latest_valid().unwrap().expect("a checkpoint");
     assert_eq!(latest.meta.checkpoint_id, 2);
     assert!(machine.path().join(&only_second).exists(), "downloaded into the mirror");
+    let big = second.files().find(|f| f.path.ends_with("big.sst")).unwrap();
+    assert_eq!(big.size, 20 << 20);
+    assert_eq!(std::fs::metadata(machine.path().join(&big.path)).unwrap().len(), big.size, "the big file, whole");
 
     // Corrupt that SST on the store: a new machine falls back to checkpoint 1 ...
     bucket.put(&format!("chk/race/{only_second}"), b"garbage");

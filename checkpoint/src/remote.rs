@@ -18,6 +18,9 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 /// Transfers in flight at once per call.
 const PARALLEL_TRANSFERS: usize = 8;
 
+/// Bytes an upload buffers before it turns into a multipart upload (parts of this size).
+const UPLOAD_BUFFER: usize = 8 << 20;
+
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RUNTIME
@@ -131,17 +134,34 @@ impl Remote {
         Ok(got.with_context(|| format!("reading {}/{key}", self.url))?.map(|b| b.to_vec()))
     }
 
-    /// Uploads local files, each `(local path, key)`, several at a time.
+    /// Uploads local files, each `(local path, key)`, several at a time. Each file streams
+    /// through a bounded buffer (a multipart upload once it outgrows it), so memory stays bounded
+    /// however large the files.
     pub(crate) fn upload(&self, files: Vec<(PathBuf, String)>) -> Result<()> {
         block_on(
             futures::stream::iter(files)
                 .map(|(local, key)| async move {
-                    let bytes =
-                        tokio::fs::read(&local).await.with_context(|| format!("reading {}", local.display()))?;
-                    self.store
-                        .put(&self.path(&key), PutPayload::from(bytes))
-                        .await
-                        .with_context(|| format!("uploading {} to {}/{key}", local.display(), self.url))?;
+                    let mut src =
+                        tokio::fs::File::open(&local).await.with_context(|| format!("opening {}", local.display()))?;
+                    let mut dst = object_store::buffered::BufWriter::with_capacity(
+                        self.store.clone(),
+                        self.path(&key),
+                        UPLOAD_BUFFER,
+                    );
+                    let copied = async {
+                        tokio::io::copy(&mut src, &mut dst).await?;
+                        tokio::io::AsyncWriteExt::shutdown(&mut dst).await
+                    }
+                    .await;
+                    if let Err(e) = copied {
+                        // Leaves no multipart upload behind.
+                        let _ = dst.abort().await;
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "uploading {} to {}/{key}",
+                            local.display(),
+                            self.url
+                        )));
+                    }
                     anyhow::Ok(())
                 })
                 .buffer_unordered(PARALLEL_TRANSFERS)
@@ -156,10 +176,9 @@ impl Remote {
         block_on(
             futures::stream::iter(files)
                 .map(|(key, local)| async move {
-                    let bytes = async { self.store.get(&self.path(&key)).await?.bytes().await }
-                        .await
-                        .with_context(|| format!("downloading {}/{key}", self.url))?;
-                    write_new_file(&local, &bytes).await
+                    let context = || format!("downloading {}/{key}", self.url);
+                    let stream = self.store.get(&self.path(&key)).await.with_context(context)?.into_stream();
+                    write_new_file(&local, stream).await.with_context(context)
                 })
                 .buffer_unordered(PARALLEL_TRANSFERS)
                 .try_collect::<Vec<()>>(),
@@ -207,11 +226,22 @@ impl Remote {
     }
 }
 
-async fn write_new_file(local: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a stream of chunks to `local` through a temporary name, so a crash never leaves a
+/// partial file under the real name.
+async fn write_new_file<B: AsRef<[u8]>>(
+    local: &Path,
+    mut chunks: impl futures::Stream<Item = object_store::Result<B>> + Unpin,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
     let dir = local.parent().context("download target without a directory")?;
     tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".{}.part", local.file_name().and_then(|n| n.to_str()).unwrap_or("download")));
-    tokio::fs::write(&tmp, bytes).await.with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+    while let Some(chunk) = chunks.try_next().await? {
+        f.write_all(chunk.as_ref()).await.with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    f.flush().await?;
+    drop(f);
     tokio::fs::rename(&tmp, local).await.with_context(|| format!("renaming to {}", local.display()))?;
     Ok(())
 }
