@@ -163,11 +163,12 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             let mut cmd = Command::new(job);
             cmd.arg("--output").arg(&out).arg("--parallelism").arg("2").arg("--progress-interval").arg("0s");
             cmd.arg("--generate").arg(cli.checkpoint_bids.to_string());
-            cmd.arg("--state-dir").arg(dir.join(format!("cp-state-{r}")));
+            // Every run starts afresh, whatever an earlier bench left at the location.
+            cmd.arg("--state-dir").arg(dir.join(format!("cp-state-{r}"))).arg("--restore").arg("none");
             if let Some(iv) = interval {
                 // Every run checkpoints under a prefix of its own, so none restores another's.
                 let location = match remote {
-                    Some(url) => format!("{}/run-{r}-{k}", url.trim_end_matches('/')),
+                    Some(url) => format!("{}/{}-run-{r}-{k}", url.trim_end_matches('/'), std::process::id()),
                     None => chk.display().to_string(),
                 };
                 cmd.arg("--checkpoint-dir").arg(location).arg("--checkpoint-interval").arg(iv);
