@@ -207,6 +207,17 @@ fn restores_download_verify_and_skip_what_is_broken_on_the_store() {
     let restored = CheckpointStorage::open(&location, "race", other.path()).unwrap().latest_valid().unwrap();
     assert_eq!(restored.expect("the previous checkpoint").meta.checkpoint_id, 1);
 
+    // `weir checkpoints list` says so, from the store's listing.
+    let listing = std::process::Command::new(common::weir_cli())
+        .args(["checkpoints", "list", &bucket.url("chk")])
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    let line = |id: &str| listing.lines().find(|l| l.split_whitespace().nth(1) == Some(id)).unwrap_or("").to_string();
+    assert!(line("1").starts_with("race") && line("1").ends_with("complete"), "{listing}");
+    assert!(line("2").contains("broken:") && line("2").contains("000011.sst"), "{listing}");
+
     // ... while the machine that already holds a verified copy downloads nothing and keeps 2:
     // its file is the one checkpoint 2 committed (size and checksum in the metadata).
     let local = machine.path().join(&only_second);

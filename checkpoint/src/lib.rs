@@ -22,4 +22,4 @@ pub use metadata::{
     load, read_metadata, verify, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, OperatorSnapshot,
     SnapshotKind, SubtaskSnapshot, FORMAT_VERSION, METADATA_FILE as METADATA_FILE_NAME,
 };
-pub use storage::{link_or_copy, local_snapshot, materialize, CheckpointStorage};
+pub use storage::{jobs_at, link_or_copy, local_snapshot, materialize, CheckpointStorage, Listed};

@@ -326,6 +326,113 @@ impl CheckpointStorage {
     }
 }
 
+/// One checkpoint as `weir checkpoints list` shows it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Files its metadata references, and their bytes (unknown without readable metadata).
+    pub files: Option<(u64, u64)>,
+    /// `complete`, `incomplete` (no `_metadata`: in progress or abandoned) or `broken: <why>`.
+    pub status: String,
+}
+
+impl CheckpointStorage {
+    /// Every checkpoint here with its status. Local files are verified by size and checksum; on
+    /// an object store by size, from one listing (nothing is downloaded but the metadata).
+    pub fn describe(&self) -> Result<Vec<Listed>> {
+        let stored: Option<HashMap<String, u64>> = match &self.remote {
+            Some(remote) => Some(remote.list("")?.into_iter().collect()),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for (id, dir) in self.list()? {
+            let meta = match (&self.remote, &stored) {
+                (Some(remote), Some(keys)) => {
+                    let key = format!("chk-{id}/{METADATA_FILE}");
+                    if !keys.contains_key(&key) {
+                        out.push(Listed { id, files: None, status: "incomplete".into() });
+                        continue;
+                    }
+                    let bytes = remote.get(&key)?.unwrap_or_default();
+                    parse_metadata(&String::from_utf8_lossy(&bytes), &format!("{}/{key}", remote.url()))
+                }
+                _ => {
+                    if !dir.join(METADATA_FILE).exists() {
+                        out.push(Listed { id, files: None, status: "incomplete".into() });
+                        continue;
+                    }
+                    crate::metadata::read_metadata(&dir)
+                }
+            };
+            let meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push(Listed { id, files: None, status: format!("broken: {e:#}") });
+                    continue;
+                }
+            };
+            let files = meta.files().fold((0, 0), |(n, b), f| (n + 1, b + f.size));
+            let problem = match &stored {
+                Some(keys) => meta
+                    .files()
+                    .find(|f| keys.get(&f.path) != Some(&f.size))
+                    .map(|f| format!("{} is missing or has the wrong size", f.path)),
+                None => load(&dir).err().map(|e| format!("{e:#}")),
+            };
+            let status = problem.map_or_else(|| "complete".to_string(), |p| format!("broken: {p}"));
+            out.push(Listed { id, files: Some(files), status });
+        }
+        Ok(out)
+    }
+}
+
+/// The jobs with checkpoints at `location`, by name: the location itself if it is one job's
+/// directory (it has `shared/`), else every job directly under it. For an object store, `mirror`
+/// holds the (small) local copies that reading needs.
+pub fn jobs_at(location: &Location, mirror: &Path) -> Result<Vec<(String, CheckpointStorage)>> {
+    let mut out = Vec::new();
+    match location {
+        Location::Local(dir) => {
+            let mut dirs = Vec::new();
+            if dir.join("shared").is_dir() {
+                dirs.push(dir.clone());
+            } else {
+                for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+                    let p = e?.path();
+                    if p.join("shared").is_dir() {
+                        dirs.push(p);
+                    }
+                }
+            }
+            for d in dirs {
+                let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let parent = d.parent().context("job directory without parent")?;
+                out.push((name.clone(), CheckpointStorage::new(parent, &name)?));
+            }
+        }
+        Location::S3 { bucket, prefix } => {
+            let remote = Remote::s3(bucket, prefix)?;
+            let at = |parent: &str, job: &str| -> Result<(String, CheckpointStorage)> {
+                let parent = Location::S3 { bucket: bucket.clone(), prefix: parent.to_string() };
+                Ok((job.to_string(), CheckpointStorage::open(&parent, job, &mirror.join(job))?))
+            };
+            if remote.list_dirs("")?.iter().any(|d| d == "shared") {
+                let (parent, job) = prefix.rsplit_once('/').unwrap_or(("", prefix.as_str()));
+                out.push(at(parent, job)?);
+            } else {
+                for job in remote.list_dirs("")? {
+                    if remote.child(&job).list_dirs("")?.iter().any(|d| d == "shared") {
+                        out.push(at(prefix, &job)?);
+                    }
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// The directory of a snapshot on this machine: a local path as it is; a savepoint on an object
 /// store downloaded into `scratch` (its `_metadata` last, so a partial download is never taken
 /// for a savepoint). Loading the result verifies every file.

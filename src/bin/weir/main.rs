@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use weir::checkpoint::{inspect, load, local_snapshot, read_metadata, CheckpointStorage, Location, METADATA_FILE_NAME};
+use weir::checkpoint::{inspect, jobs_at, load, local_snapshot, CheckpointStorage, Location};
 use weir::operators::kafka::KafkaSinkState;
 
 mod top;
@@ -75,9 +75,9 @@ enum CheckpointsCommand {
     /// Lists the checkpoints under a checkpoint directory (`--checkpoint-dir` of a job, or one
     /// job's directory in it).
     List {
-        /// The checkpoint directory.
-        #[arg(value_parser = weir::checkpoint::location::local_path)]
-        dir: PathBuf,
+        /// The checkpoint directory (or one job's directory in it): a path or `s3://bucket/prefix`.
+        #[arg(value_parser = parse_location)]
+        dir: Location,
     },
 }
 
@@ -113,41 +113,18 @@ enum SavepointCommand {
     },
 }
 
-fn list(dir: &std::path::Path) -> Result<()> {
-    let mut jobs = Vec::new();
-    if dir.join("shared").is_dir() {
-        jobs.push(dir.to_path_buf());
-    } else {
-        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let p = e?.path();
-            if p.join("shared").is_dir() {
-                jobs.push(p);
-            }
-        }
-    }
-    jobs.sort();
+fn list(location: &Location) -> Result<()> {
+    let mirror = tempfile::tempdir()?;
+    let jobs = jobs_at(location, mirror.path())?;
     println!("{:<24} {:>8} {:<10} {:>10} {:>12}  status", "job", "id", "kind", "files", "bytes");
-    for job in jobs {
-        let name = job.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parent = job.parent().context("job directory without parent")?;
-        let storage = CheckpointStorage::new(parent, &name)?;
-        for (id, d) in storage.list()? {
-            if !d.join(METADATA_FILE_NAME).exists() {
-                println!("{name:<24} {id:>8} {:<10} {:>10} {:>12}  incomplete", "-", "-", "-");
-                continue;
-            }
-            let (status, files, bytes) = match read_metadata(&d) {
-                Ok(m) => {
-                    let (n, b) = m.files().fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.size));
-                    let status = match load(&d) {
-                        Ok(_) => "complete".to_string(),
-                        Err(e) => format!("broken: {e:#}"),
-                    };
-                    (status, n.to_string(), b.to_string())
-                }
-                Err(e) => (format!("broken: {e:#}"), "-".into(), "-".into()),
+    for (name, storage) in jobs {
+        for c in storage.describe()? {
+            let (kind, files, bytes) = match c.files {
+                Some((n, b)) => ("checkpoint", n.to_string(), b.to_string()),
+                None if c.status == "incomplete" => ("-", "-".into(), "-".into()),
+                None => ("checkpoint", "-".into(), "-".into()),
             };
-            println!("{name:<24} {id:>8} {:<10} {files:>10} {bytes:>12}  {status}", "checkpoint");
+            println!("{name:<24} {:>8} {kind:<10} {files:>10} {bytes:>12}  {}", c.id, c.status);
         }
     }
     Ok(())
