@@ -143,7 +143,6 @@ fn run_query(args: RunArgs) -> Result<()> {
 struct Child {
     summary: Summary,
     max_rss_kib: i64,
-    checkpoint_ms: Vec<f64>,
 }
 
 fn run_child(cmd: &mut Command) -> Result<Child> {
@@ -158,7 +157,7 @@ fn run_child(cmd: &mut Command) -> Result<Child> {
     }
     let line = stdout.lines().last().context("the run printed no summary")?;
     let summary: Summary = serde_json::from_str(line).with_context(|| format!("summary line {line:?}"))?;
-    Ok(Child { max_rss_kib: run.max_rss_kib, checkpoint_ms: summary.checkpoint_ms.clone(), summary })
+    Ok(Child { max_rss_kib: run.max_rss_kib, summary })
 }
 
 fn bench(b: BenchArgs) -> Result<()> {
@@ -191,7 +190,7 @@ fn bench(b: BenchArgs) -> Result<()> {
                 let _ = std::fs::remove_dir_all(&work);
                 secs.push(child.summary.seconds);
                 rss.push(child.max_rss_kib as f64 / 1024.0);
-                chk.extend(child.checkpoint_ms);
+                chk.extend(child.summary.checkpoint_ms.iter().copied());
                 last = Some(child.summary);
             }
             let s = last.context("no run")?;

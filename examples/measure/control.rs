@@ -21,8 +21,6 @@ pub struct CheckpointStat {
     pub duration_ms: f64,
     pub size_bytes: f64,
     pub incremental_bytes: f64,
-    pub sync_ms: f64,
-    pub alignment_ms: f64,
     #[serde(default)]
     pub terminal: bool,
     pub savepoint: Option<String>,

@@ -4,19 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+// Locations parse with `Location`'s `FromStr` (a local directory, `file://` or `s3://`; any other
+// scheme is refused at start); local-only flags with `local_path`, which refuses URLs instead of
+// making a directory named after their scheme.
+use weir_checkpoint::location::local_path;
 use weir_checkpoint::Location;
-
-/// `--checkpoint-dir`: a local directory, `file://` or `s3://bucket/prefix`; any other scheme is
-/// refused at start.
-fn parse_location(s: &str) -> Result<Location, String> {
-    s.parse().map_err(|e: anyhow::Error| e.to_string())
-}
-
-/// A flag that takes a local directory only: a URL is refused instead of becoming a directory
-/// named after its scheme.
-fn local_path(s: &str) -> Result<PathBuf, String> {
-    weir_checkpoint::location::local_path(s).map_err(|e| e.to_string())
-}
 
 /// Parses durations written like `200ms`, `10s`, `1h`, `1m 30s`.
 ///
@@ -90,7 +82,7 @@ pub struct JobArgs {
     /// Where checkpoints are stored (a directory per job under it): a local directory, `file://`
     /// or `s3://bucket/prefix` (endpoint and credentials from the `AWS_*` environment). Required
     /// for checkpointing.
-    #[arg(long, value_name = "DIR|URL", value_parser = parse_location, help_heading = "Checkpoints")]
+    #[arg(long, value_name = "DIR|URL", help_heading = "Checkpoints")]
     pub checkpoint_dir: Option<Location>,
 
     /// Take a checkpoint this often (off if not given).
@@ -124,7 +116,7 @@ pub struct JobArgs {
 
     /// Where savepoints go (taken on request and when the job is stopped with SIGTERM/SIGINT): a
     /// local directory, `file://` or `s3://bucket/prefix`.
-    #[arg(long, value_name = "DIR|URL", value_parser = parse_location, help_heading = "Checkpoints")]
+    #[arg(long, value_name = "DIR|URL", help_heading = "Checkpoints")]
     pub savepoint_dir: Option<Location>,
 
     /// Times the job restarts in-process from its latest checkpoint after a failure (0: exit).

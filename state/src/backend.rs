@@ -90,11 +90,6 @@ impl KeyedStateBackend {
         self.state.set_clock(clock);
     }
 
-    /// The current processing time of this backend's clock.
-    pub fn now(&self) -> i64 {
-        self.state.now()
-    }
-
     /// Sets the key that subsequent state accesses and timer registrations refer to.
     pub fn set_current_key<K: Serialize + ?Sized>(&mut self, key: &K) -> Result<()> {
         self.state.set_current_key(key)

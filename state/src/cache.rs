@@ -59,12 +59,15 @@ fn entry_cost(key_len: usize, value_len: usize) -> usize {
     key_len + value_len + 48
 }
 
-/// A cache lookup that found the key.
-pub(crate) struct Cached<'a> {
-    /// The value's bytes; `None` when the entry is a deletion.
-    pub(crate) value: Option<&'a [u8]>,
-    /// Whether the store may hold a value for the key.
-    pub(crate) stored: bool,
+/// What the cache holds of a key read to be modified.
+pub(crate) enum Lookup<'a, T> {
+    /// A live object of the type asked for, to change in place.
+    Live(&'a mut Option<T>),
+    /// The value decoded from the cached bytes (`None`: deleted), its encoded size, and whether
+    /// the store may hold the key.
+    Decoded(Option<T>, usize, bool),
+    /// Not cached.
+    Miss,
 }
 
 /// The write cache of one backend (see the module comment).
@@ -94,23 +97,31 @@ impl WriteCache {
         self.limit = bytes;
     }
 
-    /// The cached bytes of `key`, if cached (a live object is encoded first).
-    pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<Cached<'_>>> {
+    /// The cached bytes of `key` (`Some(None)`: cached as deleted; `None`: not cached). A live
+    /// object is encoded first.
+    pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<Option<&[u8]>>> {
         match self.map.get_mut(key) {
             Some(e) => {
                 e.materialize()?;
-                Ok(Some(Cached { value: e.value.as_deref(), stored: e.stored }))
+                Ok(Some(e.value.as_deref()))
             }
             None => Ok(None),
         }
     }
 
-    /// The live object of `key` if it is cached as a `T`, marked dirty (the caller changes it).
-    pub(crate) fn object_mut<T: 'static>(&mut self, key: &[u8]) -> Option<&mut Option<T>> {
-        let e = self.map.get_mut(key)?;
-        let o = e.object.as_mut()?.as_any_mut().downcast_mut::<Object<T>>()?;
-        e.dirty = true;
-        Some(&mut o.0)
+    /// One lookup for a read-modify-write of `key` as a `T` (see [`Lookup`]); a live object
+    /// handed out is marked dirty, since the caller changes it.
+    pub(crate) fn lookup<T: DeserializeOwned + 'static>(&mut self, key: &[u8]) -> Result<Lookup<'_, T>> {
+        let Some(e) = self.map.get_mut(key) else { return Ok(Lookup::Miss) };
+        if e.object.as_mut().is_some_and(|o| o.as_any_mut().is::<Object<T>>()) {
+            e.dirty = true;
+            let o = e.object.as_mut().and_then(|o| o.as_any_mut().downcast_mut::<Object<T>>());
+            return o.map(|o| Lookup::Live(&mut o.0)).ok_or_else(|| anyhow::anyhow!("cached object changed type"));
+        }
+        // Cached as bytes, or as an object of another type: go through its bytes.
+        e.materialize()?;
+        let encoded = e.value.as_ref().map_or(0, Vec::len);
+        Ok(Lookup::Decoded(e.value.as_deref().map(crate::codec::decode).transpose()?, encoded, e.stored))
     }
 
     /// Caches `value` for `key` (`None`: deleted). `stored`: whether the store may hold the key,
@@ -154,18 +165,6 @@ impl WriteCache {
             CacheEntry { value: None, object: Some(Box::new(Object(value))), dirty: true, stored, accounted: cost };
         let old = self.map.insert(key.to_vec(), entry).map_or(0, |e| e.accounted);
         self.bytes = (self.bytes + cost).saturating_sub(old);
-    }
-
-    /// Decodes the cached value of `key` as a `T` (for a read-modify-write of a value cached as
-    /// bytes or as another type): `None` when not cached, else (value, encoded size, stored).
-    pub(crate) fn decode<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<(Option<T>, usize, bool)>> {
-        match self.get(key)? {
-            Some(c) => {
-                let encoded = c.value.map_or(0, <[u8]>::len);
-                Ok(Some((c.value.map(crate::codec::decode).transpose()?, encoded, c.stored)))
-            }
-            None => Ok(None),
-        }
     }
 
     /// Appends `value` to the cached bytes of `key`, taking them rather than copying (the store's
@@ -233,12 +232,17 @@ mod tests {
         let mut cache = WriteCache::new(1 << 20);
         cache.put_object::<u64>(b"k", Some(1), 0, false);
         for _ in 0..9 {
-            *cache.object_mut::<u64>(b"k").unwrap().as_mut().unwrap() += 1;
+            match cache.lookup::<u64>(b"k").unwrap() {
+                Lookup::Live(v) => *v.as_mut().unwrap() += 1,
+                _ => panic!("the live object"),
+            }
         }
         // Read as another type, the object is not handed out; its bytes still are.
-        assert!(cache.object_mut::<String>(b"k").is_none());
-        let (v, _, stored) = cache.decode::<u64>(b"k").unwrap().unwrap();
-        assert_eq!((v, stored), (Some(10), false));
+        match cache.lookup::<u32>(b"k").unwrap() {
+            Lookup::Decoded(v, _, stored) => assert_eq!((v, stored), (Some(10), false)),
+            _ => panic!("the value through its bytes"),
+        }
+        assert!(matches!(cache.lookup::<u64>(b"missing").unwrap(), Lookup::Miss));
         assert_eq!(drained(&mut cache), vec![(b"k".to_vec(), Some(crate::codec::encode(&10u64).unwrap()))]);
     }
 

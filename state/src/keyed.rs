@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::cache::WriteCache;
+use crate::cache::{Lookup, WriteCache};
 use crate::keygroup::{key_group_of, KeyGroupRange};
 use crate::meta::{system_clock, Clock, StateKind, StateMeta, StateTtlConfig};
 use crate::store::StateStore;
@@ -209,12 +209,10 @@ impl KeyedState {
     {
         // Without a write cache (limit 0) this still works: the new object is flushed at once.
         self.with_full_key(id, ns, extra, |s, k| {
-            if let Some(v) = s.cache.object_mut::<T>(k) {
-                return Ok(f(v));
-            }
-            let (mut v, encoded, stored) = match s.cache.decode::<T>(k)? {
-                Some(cached) => cached,
-                None => {
+            let (mut v, encoded, stored) = match s.cache.lookup::<T>(k)? {
+                Lookup::Live(v) => return Ok(f(v)),
+                Lookup::Decoded(v, encoded, stored) => (v, encoded, stored),
+                Lookup::Miss => {
                     let cf = s.store.cf(&s.states[id].name)?;
                     match s.store.db().get_pinned_cf(cf, &k[2..])? {
                         Some(bytes) => (Some(crate::codec::decode(&bytes)?), bytes.len(), true),
@@ -240,7 +238,7 @@ impl KeyedState {
     ) -> Result<R> {
         self.with_full_key(id, ns, extra, |s, k| {
             if let Some(cached) = s.cache.get(k)? {
-                return f(cached.value);
+                return f(cached);
             }
             let cf = s.store.cf(&s.states[id].name)?;
             let v = s.store.db().get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec());

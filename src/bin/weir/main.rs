@@ -76,7 +76,6 @@ enum CheckpointsCommand {
     /// job's directory in it).
     List {
         /// The checkpoint directory (or one job's directory in it): a path or `s3://bucket/prefix`.
-        #[arg(value_parser = parse_location)]
         dir: Location,
     },
 }
@@ -87,7 +86,6 @@ enum SavepointCommand {
     /// epochs and watermarks of a savepoint or checkpoint directory.
     Inspect {
         /// The savepoint (or `chk-N`) directory, or a savepoint's `s3://bucket/prefix`.
-        #[arg(value_parser = parse_location)]
         path: Location,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -96,7 +94,6 @@ enum SavepointCommand {
     /// Prints every entry of one state as JSON lines (key group, key, namespace, value).
     Dump {
         /// The savepoint (or `chk-N`) directory, or a savepoint's `s3://bucket/prefix`.
-        #[arg(value_parser = parse_location)]
         path: Location,
         /// The operator's uid.
         #[arg(long)]
@@ -199,11 +196,6 @@ fn transactions(brokers: &str, path: &std::path::Path, abort: Option<&str>) -> R
         println!("{uid:<16} {id:<40} {topic:<24} {done:>10}  {state}");
     }
     Ok(())
-}
-
-/// A snapshot location argument: a directory, `file://` or `s3://bucket/prefix`.
-fn parse_location(s: &str) -> Result<Location, String> {
-    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 fn main() -> Result<()> {
