@@ -12,6 +12,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
 use weir::checkpoint::location::local_path;
+use weir::checkpoint::Location;
 use weir::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
@@ -44,9 +45,9 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     input_topic: Option<String>,
 
-    /// Directory for the result part files.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    output: Option<PathBuf>,
+    /// Directory or `s3://bucket/prefix` for the result part files.
+    #[arg(long, value_name = "DIR|URL")]
+    output: Option<Location>,
 
     /// Write each row as the CSV text `window_start,auction,count,max_price` (key: the auction) to
     /// this Kafka topic.
@@ -65,14 +66,14 @@ struct Cli {
     #[arg(long, value_name = "N")]
     window_parallelism: Option<usize>,
 
-    /// Directory for late bids (JSON lines); without it late bids are only counted.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    late_output: Option<PathBuf>,
+    /// Directory or `s3://bucket/prefix` for late bids (JSON lines); without it late bids are only counted.
+    #[arg(long, value_name = "DIR|URL")]
+    late_output: Option<Location>,
 
-    /// Directory for unparsable input lines (JSON lines with file and offset); without it (and
+    /// Directory or `s3://bucket/prefix` for unparsable input lines (JSON lines with file and offset); without it (and
     /// without --dead-letter-topic) an unparsable line fails the job, naming its file and offset.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    dead_letters: Option<PathBuf>,
+    #[arg(long, value_name = "DIR|URL")]
+    dead_letters: Option<Location>,
 
     /// Kafka topic for unparsable records (JSON values with origin topic/partition, offset, raw
     /// text and reason), delivered as --delivery says.

@@ -7,13 +7,12 @@
 //! curl -s -XPOST localhost:8080/events -d '{"stationId":"ST-1","parkingBikeTotCnt":7,"event_time":"2026-01-01 08:00:00"}'
 //! ```
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
 use station::{Change, Reading};
-use weir::checkpoint::location::local_path;
+use weir::checkpoint::Location;
 use weir::prelude::*;
 
 mod station;
@@ -37,13 +36,13 @@ struct Cli {
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     listen: String,
 
-    /// Directory for every accepted reading, as JSON lines (exactly once with checkpointing).
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    archive: Option<PathBuf>,
+    /// Directory or `s3://bucket/prefix` for every accepted reading, as JSON lines (exactly once with checkpointing).
+    #[arg(long, value_name = "DIR|URL")]
+    archive: Option<Location>,
 
-    /// Directory for hourly rentals and returns per station, as Parquet.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    output: Option<PathBuf>,
+    /// Directory or `s3://bucket/prefix` for hourly rentals and returns per station, as Parquet.
+    #[arg(long, value_name = "DIR|URL")]
+    output: Option<Location>,
 
     /// Requests queued for the job before new ones get 503.
     #[arg(long, value_name = "N", default_value_t = 64)]

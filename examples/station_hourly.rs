@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use station::{Change, HourRow, Reading};
 use weir::checkpoint::location::local_path;
+use weir::checkpoint::Location;
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
@@ -44,9 +45,9 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     input_topic: Option<String>,
 
-    /// Directory for the Parquet output (year=/month=/day=/hour= subdirectories).
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    output: Option<PathBuf>,
+    /// Directory or `s3://bucket/prefix` for the Parquet output (year=/month=/day=/hour= subdirectories).
+    #[arg(long, value_name = "DIR|URL")]
+    output: Option<Location>,
 
     /// Also write each row as a JSON object to this Kafka topic (key: the station).
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
@@ -56,15 +57,15 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
     max_delay: Duration,
 
-    /// Directory for readings that arrive after their hour was written (JSON lines); without it
+    /// Directory or `s3://bucket/prefix` for readings that arrive after their hour was written (JSON lines); without it
     /// they are only counted. Their bike counts still update the station's previous count.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    late_output: Option<PathBuf>,
+    #[arg(long, value_name = "DIR|URL")]
+    late_output: Option<Location>,
 
-    /// Directory for unparsable readings (JSON lines with their origin and offset); without it an
+    /// Directory or `s3://bucket/prefix` for unparsable readings (JSON lines with their origin and offset); without it an
     /// unparsable reading fails the job, naming its file or partition and offset.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    dead_letters: Option<PathBuf>,
+    #[arg(long, value_name = "DIR|URL")]
+    dead_letters: Option<Location>,
 
     /// Readings per second per source subtask [default: as fast as possible].
     #[arg(long, value_name = "N")]

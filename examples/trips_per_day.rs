@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use weir::checkpoint::location::local_path;
+use weir::checkpoint::Location;
 use weir::prelude::*;
 
 /// Counts trips per pickup date in CSV files with the columns hvfhs_license_num,
@@ -24,13 +25,13 @@ struct Cli {
     #[arg(long, value_name = "PATH", value_parser = local_path)]
     input: PathBuf,
 
-    /// Directory for the result part files.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    output: PathBuf,
+    /// Directory or `s3://bucket/prefix` for the result part files.
+    #[arg(long, value_name = "DIR|URL")]
+    output: Location,
 
-    /// Directory for malformed rows (JSON lines: origin, line, offset, raw, error).
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    dead_letters: PathBuf,
+    /// Directory or `s3://bucket/prefix` for malformed rows (JSON lines: origin, line, offset, raw, error).
+    #[arg(long, value_name = "DIR|URL")]
+    dead_letters: Location,
 
     #[command(flatten)]
     job: JobArgs,

@@ -12,6 +12,7 @@ use anyhow::Result;
 use clap::{ArgGroup, CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
 use weir::checkpoint::location::local_path;
+use weir::checkpoint::Location;
 use weir::operators::kafka::KafkaArgs;
 use weir::prelude::*;
 
@@ -47,9 +48,9 @@ struct Cli {
     #[arg(long, value_name = "N")]
     rate: Option<u64>,
 
-    /// Directory for the result part files.
-    #[arg(long, value_name = "DIR", value_parser = local_path)]
-    output: Option<PathBuf>,
+    /// Directory or `s3://bucket/prefix` for the result part files.
+    #[arg(long, value_name = "DIR|URL")]
+    output: Option<Location>,
 
     /// Write rows as the text `word,count` (key: the word) to this Kafka topic.
     #[arg(long, value_name = "TOPIC", requires = "brokers")]

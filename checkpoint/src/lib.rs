@@ -5,17 +5,19 @@
 //! * [`storage`]: the layout of a job's checkpoint directory, incremental shared files,
 //!   retention, and savepoint copies.
 //! * [`inspect`]: reading a snapshot's keyed state without the job's Rust types.
-//! * [`location`]: where checkpoints live (a directory or `s3://bucket/prefix`); `remote` does the
-//!   object-store transfers behind [`CheckpointStorage`].
+//! * [`location`]: where checkpoints live (a directory or `s3://bucket/prefix`); [`remote`] does
+//!   the object-store transfers behind [`CheckpointStorage`] (and behind the file sinks' output on
+//!   object stores), [`upload`] the multipart uploads a checkpoint completes later.
 
 #![warn(missing_docs)]
 
 pub mod inspect;
 pub mod location;
 pub mod metadata;
-mod remote;
+pub mod remote;
 mod retention;
 pub mod storage;
+pub mod upload;
 
 pub use location::Location;
 pub use metadata::{

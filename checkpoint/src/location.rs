@@ -77,6 +77,18 @@ impl From<PathBuf> for Location {
     }
 }
 
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Self {
+        Location::Local(p.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Self {
+        l.clone()
+    }
+}
+
 impl From<&Path> for Location {
     fn from(p: &Path) -> Self {
         Location::Local(p.to_path_buf())

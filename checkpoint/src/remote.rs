@@ -1,6 +1,7 @@
 //! An object-store prefix seen through blocking calls: the checkpoint I/O thread, the restore
-//! path and the CLI are plain threads, so each call runs its future on a small runtime of this
-//! module's own. Transfers of many files run in parallel (bounded), never on task threads.
+//! path, the CLI and the file sinks are plain threads, so each call runs its future on a small
+//! runtime of this module's own. Transfers of many files run in parallel (bounded), never on task
+//! threads. Multipart uploads that a checkpoint completes later are in [`crate::upload`].
 //!
 //! Object stores have no rename: commit points are written with create-only puts
 //! ([`Remote::put_new`]), which exactly one writer wins.
@@ -12,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
@@ -21,7 +23,7 @@ const PARALLEL_TRANSFERS: usize = 8;
 /// Bytes an upload buffers before it turns into a multipart upload (parts of this size).
 const UPLOAD_BUFFER: usize = 8 << 20;
 
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -38,7 +40,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 
 /// Runs `f` to completion from a plain thread (or, when called inside a runtime, from a scoped
 /// thread of its own, since a runtime cannot block on another inside itself).
-fn block_on<F>(f: F) -> Result<F::Output>
+pub(crate) fn block_on<F>(f: F) -> Result<F::Output>
 where
     F: Future + Send,
     F::Output: Send,
@@ -55,8 +57,9 @@ where
 
 /// A key prefix in a bucket.
 #[derive(Clone)]
-pub(crate) struct Remote {
-    store: Arc<dyn ObjectStore>,
+pub struct Remote {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) multipart: Arc<dyn MultipartStore>,
     prefix: String,
     url: String,
 }
@@ -75,26 +78,28 @@ impl Remote {
     /// `s3://bucket/prefix`, with endpoint, region and credentials from the `AWS_*` environment
     /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
     /// `AWS_ALLOW_HTTP=true` for a server without TLS).
-    pub(crate) fn s3(bucket: &str, prefix: &str) -> Result<Self> {
+    pub fn s3(bucket: &str, prefix: &str) -> Result<Self> {
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .build()
             .with_context(|| format!("configuring s3://{bucket} from the AWS_* environment"))?;
         let url = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-        Ok(Remote { store: Arc::new(store), prefix: prefix.trim_matches('/').to_string(), url })
+        let store = Arc::new(store);
+        Ok(Remote { store: store.clone(), multipart: store, prefix: prefix.trim_matches('/').to_string(), url })
     }
 
     /// The same store under `prefix/child`.
-    pub(crate) fn child(&self, child: &str) -> Remote {
+    pub fn child(&self, child: &str) -> Remote {
         Remote {
             store: self.store.clone(),
+            multipart: self.multipart.clone(),
             prefix: self.key(child),
             url: format!("{}/{child}", self.url.trim_end_matches('/')),
         }
     }
 
     /// `s3://bucket/prefix`.
-    pub(crate) fn url(&self) -> &str {
+    pub fn url(&self) -> &str {
         &self.url
     }
 
@@ -106,7 +111,7 @@ impl Remote {
         }
     }
 
-    fn path(&self, key: &str) -> ObjectPath {
+    pub(crate) fn path(&self, key: &str) -> ObjectPath {
         ObjectPath::from(self.key(key))
     }
 
@@ -122,7 +127,7 @@ impl Remote {
     }
 
     /// Reads `key`; `None` if it does not exist.
-    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(key);
         let got = block_on(async {
             match self.store.get(&path).await {
@@ -195,7 +200,7 @@ impl Remote {
     }
 
     /// Every key below `prefix` (recursively) relative to this remote's prefix, with its size.
-    pub(crate) fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+    pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let path = self.path(prefix);
         let metas = block_on(self.store.list(Some(&path)).try_collect::<Vec<_>>())?
             .with_context(|| format!("listing {}/{prefix}", self.url))?;
@@ -210,7 +215,7 @@ impl Remote {
     }
 
     /// Deletes keys (missing ones are fine), several at a time.
-    pub(crate) fn delete(&self, keys: Vec<String>) -> Result<()> {
+    pub fn delete(&self, keys: Vec<String>) -> Result<()> {
         block_on(
             futures::stream::iter(keys)
                 .map(|key| async move {

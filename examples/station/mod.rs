@@ -1,7 +1,6 @@
 //! The station pipeline shared by `station_hourly` and `http_ingest`: bike-count changes per
 //! station from keyed state, summed per station and event-time hour.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -137,9 +136,10 @@ pub fn hourly(readings: &DataStream<Reading>, late: &OutputTag<Change>) -> DataS
         .uid("station-hours")
 }
 
-/// Exactly-once Parquet files under `dir`, partitioned by the hour of the window start.
-pub fn parquet_sink(dir: &Path) -> FileSink<HourRow> {
-    FileSink::parquet(dir)
+/// Exactly-once Parquet files under `location` (a directory or `s3://bucket/prefix`),
+/// partitioned by the hour of the window start.
+pub fn parquet_sink(location: &weir::checkpoint::Location) -> FileSink<HourRow> {
+    FileSink::parquet(location)
         .bucket_by(|r: &HourRow| hour_partition(r.window_start))
         .timestamp_millis(&["window_start", "window_end"])
 }

@@ -109,4 +109,49 @@ impl Bucket {
         Self::block_on(object_store::ObjectStore::put(&store, &path, bytes.to_vec().into()))
             .expect("writing an object");
     }
+
+    /// Downloads every object under `prefix` into `dir`, keeping the key below the prefix as the
+    /// relative path.
+    pub fn download(&self, prefix: &str, dir: &Path) {
+        let strip = format!("{}/", prefix.trim_end_matches('/'));
+        for (key, _) in self.list(&strip) {
+            let rel = key.strip_prefix(&strip).unwrap();
+            let path = dir.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, self.get(&key).unwrap()).unwrap();
+        }
+    }
+
+    /// The multipart uploads in progress (started, neither completed nor aborted) under
+    /// `prefix`, each as (key, upload id, number of parts uploaded), read with the S3 API calls
+    /// the client library lacks (ListMultipartUploads, ListParts).
+    pub fn uploads(&self, prefix: &str) -> Vec<(String, String, usize)> {
+        let url = format!("{}/{}?uploads&prefix={prefix}", self.endpoint, self.name);
+        let listing = ureq::get(&url).call().expect("listing uploads").into_string().unwrap();
+        xml_elements(&listing, "Upload")
+            .into_iter()
+            .map(|u| {
+                let key = xml_elements(u, "Key")[0].to_string();
+                let id = xml_elements(u, "UploadId")[0].to_string();
+                let url = format!("{}/{}/{key}?uploadId={id}", self.endpoint, self.name);
+                let parts = ureq::get(&url).call().expect("listing parts").into_string().unwrap();
+                let n = xml_elements(&parts, "Part").len();
+                (key, id, n)
+            })
+            .collect()
+    }
+}
+
+/// The contents of every `<tag>...</tag>` in `xml` (flat: enough for S3's listings).
+fn xml_elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let end = body.find(&close).expect("a closing tag");
+        out.push(&body[..end]);
+        rest = &body[end + close.len()..];
+    }
+    out
 }

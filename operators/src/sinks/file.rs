@@ -1,28 +1,28 @@
-//! Part-file sinks: each sink subtask writes its own files under the output directory, as CSV
-//! (with a header per file for struct rows), JSON lines or Parquet, optionally split into
-//! bucket subdirectories (`year=2026/month=01/...`) chosen per record.
+//! Part-file sinks: each sink subtask writes its own files under the output location (a local
+//! directory or `s3://bucket/prefix`), as CSV (with a header per file for struct rows), JSON lines
+//! or Parquet, optionally split into bucket subdirectories (`year=2026/month=01/...`) chosen per
+//! record.
 //!
-//! Without checkpoints a subtask writes one visible file per bucket, `part-<subtask>.<ext>`.
-//! With checkpoints the sink is exactly-once (two-phase commit, as Flink's and Spark's file
-//! sinks, driven by [`TwoPhaseCommitOperator`]: each closed file is one transaction): records go to a hidden in-progress file (`.part-<subtask>-<seq>.<ext>.inprogress`,
-//! skipped by readers); at checkpoint `n` the file is closed, fsynced and recorded in the sink's
-//! state as pending; when checkpoint `n` completes it is renamed to
-//! `part-<subtask>-<n>.<ext>`. A crash between completion and rename is repaired on restore,
-//! which commits the pending files the checkpoint holds and deletes in-progress files written
-//! after it (their records are replayed).
+//! Without checkpoints a subtask writes one file per bucket, `part-<subtask>.<ext>`. With
+//! checkpoints the sink is exactly-once (two-phase commit, as Flink's and Spark's file sinks,
+//! driven by [`TwoPhaseCommitOperator`]: each closed file is one transaction): records go to a
+//! file no reader sees, closed at each barrier and made visible when its checkpoint completes
+//! (renamed in a directory, a multipart upload completed on an object store; see
+//! [`super::part_store`]). A restore commits the files its checkpoint holds and removes those
+//! written after it, whose records are replayed.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use weir_checkpoint::Location;
 use weir_runtime::{Data, OperatorContext, TaskInfo};
 
 use super::parquet::ParquetPart;
-use super::two_phase::{SinkSnapshot, Transaction, TwoPhaseCommitOperator, TwoPhaseCommitSink};
+use super::part_store::{PartFile, PartName, PartStore, PendingFile};
+use super::two_phase::{SinkSnapshot, TwoPhaseCommitOperator, TwoPhaseCommitSink};
 
 /// The format of part files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +54,14 @@ type BucketFn<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
 /// #[derive(serde::Serialize)]
 /// struct Row { hour: i64, n: u64 }
 /// // Parquet files under out/hour=<h>/, like Spark's partitionBy("hour").
-/// let sink = FileSink::<Row>::parquet("out").bucket_by(|r: &Row| format!("hour={}", r.hour));
-/// assert_eq!(sink.dir(), std::path::Path::new("out"));
+/// let sink = FileSink::<Row>::parquet(std::path::Path::new("out")).bucket_by(|r: &Row| format!("hour={}", r.hour));
+/// assert_eq!(sink.location().to_string(), "out");
+/// // The same on S3 (endpoint and credentials from the AWS_* environment when the job starts).
+/// let on_s3 = FileSink::<Row>::parquet("s3://bucket/hourly".parse::<weir_checkpoint::Location>().unwrap());
+/// assert_eq!(on_s3.location().to_string(), "s3://bucket/hourly");
 /// ```
 pub struct FileSink<T> {
-    dir: PathBuf,
+    location: Location,
     format: FileFormat,
     bucket: Option<BucketFn<T>>,
     timestamp_columns: Vec<String>,
@@ -67,7 +70,7 @@ pub struct FileSink<T> {
 impl<T> Clone for FileSink<T> {
     fn clone(&self) -> Self {
         FileSink {
-            dir: self.dir.clone(),
+            location: self.location.clone(),
             format: self.format,
             bucket: self.bucket.clone(),
             timestamp_columns: self.timestamp_columns.clone(),
@@ -78,7 +81,7 @@ impl<T> Clone for FileSink<T> {
 impl<T> std::fmt::Debug for FileSink<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileSink")
-            .field("dir", &self.dir)
+            .field("location", &self.location)
             .field("format", &self.format)
             .field("bucketed", &self.bucket.is_some())
             .finish()
@@ -86,20 +89,20 @@ impl<T> std::fmt::Debug for FileSink<T> {
 }
 
 impl<T> FileSink<T> {
-    fn new(dir: PathBuf, format: FileFormat) -> Self {
-        FileSink { dir, format, bucket: None, timestamp_columns: Vec::new() }
+    fn new(location: Location, format: FileFormat) -> Self {
+        FileSink { location, format, bucket: None, timestamp_columns: Vec::new() }
     }
-    /// CSV part files under `dir`.
-    pub fn csv(dir: impl Into<PathBuf>) -> Self {
-        Self::new(dir.into(), FileFormat::Csv)
+    /// CSV part files under `location` (a directory or `s3://bucket/prefix`).
+    pub fn csv(location: impl Into<Location>) -> Self {
+        Self::new(location.into(), FileFormat::Csv)
     }
-    /// JSON-lines part files under `dir`.
-    pub fn json_lines(dir: impl Into<PathBuf>) -> Self {
-        Self::new(dir.into(), FileFormat::JsonLines)
+    /// JSON-lines part files under `location`.
+    pub fn json_lines(location: impl Into<Location>) -> Self {
+        Self::new(location.into(), FileFormat::JsonLines)
     }
-    /// Parquet part files under `dir`; one row group per 8192 records and per checkpoint.
-    pub fn parquet(dir: impl Into<PathBuf>) -> Self {
-        Self::new(dir.into(), FileFormat::Parquet)
+    /// Parquet part files under `location`; one row group per 8192 records and per checkpoint.
+    pub fn parquet(location: impl Into<Location>) -> Self {
+        Self::new(location.into(), FileFormat::Parquet)
     }
     /// Writes each record into the subdirectory `f` names (e.g. `year=2026/month=01`), as
     /// Flink's bucket assigners and Spark's `partitionBy` do.
@@ -113,19 +116,23 @@ impl<T> FileSink<T> {
         self.timestamp_columns = columns.iter().map(|c| c.to_string()).collect();
         self
     }
-    /// The output directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the part files go.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 }
 
 impl<T: Data + Serialize> FileSink<T> {
-    pub(crate) fn operator(&self, info: &TaskInfo) -> TwoPhaseCommitOperator<FileSinkWriter<T>> {
+    /// The operator subtask `info` runs: what `write_files` builds, and what an operator test
+    /// harness drives.
+    pub fn operator(&self, info: &TaskInfo) -> TwoPhaseCommitOperator<FileSinkWriter<T>> {
         let writer = FileSinkWriter {
             sink: self.clone(),
             subtask: info.subtask,
+            store: None,
             writers: BTreeMap::new(),
             seq: 0,
+            base: 0,
             parquet_schema: None,
         };
         TwoPhaseCommitOperator::new(writer, info.subtask)
@@ -133,8 +140,8 @@ impl<T: Data + Serialize> FileSink<T> {
 }
 
 enum Writer<T> {
-    Csv(Box<csv::Writer<BufWriter<File>>>),
-    Json(BufWriter<File>),
+    Csv(Box<csv::Writer<BufWriter<PartFile>>>),
+    Json(BufWriter<PartFile>),
     Parquet(Box<ParquetPart<T>>),
 }
 
@@ -161,32 +168,16 @@ impl<T: Serialize> Writer<T> {
         Ok(())
     }
 
-    /// Flushes, fsyncs and closes the file.
-    fn close(self) -> Result<()> {
-        let file = match self {
+    /// Writes what is buffered (and Parquet's footer) and returns the file to finish.
+    fn close(self) -> Result<PartFile> {
+        Ok(match self {
             Writer::Csv(w) => {
                 let buf = w.into_inner().map_err(|e| anyhow::anyhow!("flushing CSV: {}", e.error()))?;
                 buf.into_inner().map_err(|e| anyhow::anyhow!("flushing: {}", e.error()))?
             }
             Writer::Json(w) => w.into_inner().map_err(|e| anyhow::anyhow!("flushing: {}", e.error()))?,
             Writer::Parquet(w) => w.finish()?,
-        };
-        file.sync_all()?;
-        Ok(())
-    }
-}
-
-/// A closed in-progress file waiting for its checkpoint to complete: one transaction.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PendingFile {
-    checkpoint: u64,
-    hidden: String,
-    visible: String,
-}
-
-impl Transaction for PendingFile {
-    fn checkpoint(&self) -> u64 {
-        self.checkpoint
+        })
     }
 }
 
@@ -201,34 +192,20 @@ pub struct FileSinkMeta {
 pub struct FileSinkWriter<T> {
     sink: FileSink<T>,
     subtask: usize,
-    /// The open file of each bucket and its path relative to the output directory (hidden
-    /// while checkpointing, visible otherwise).
+    /// Opened with the sink (on a restore, before the sink opens).
+    store: Option<PartStore>,
+    /// The open file of each bucket and its name relative to the output location.
     writers: BTreeMap<String, (Writer<T>, String)>,
+    /// The last part-file number used.
     seq: u64,
+    /// The last barrier this subtask passed (or the restored checkpoint).
+    base: u64,
     parquet_schema: Option<super::parquet::Schema>,
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-/// Paths of all files under `dir`, relative to it.
-fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut todo = vec![PathBuf::new()];
-    while let Some(rel) = todo.pop() {
-        for e in std::fs::read_dir(dir.join(&rel)).with_context(|| format!("listing {}", dir.join(&rel).display()))? {
-            let e = e?;
-            let path = rel.join(e.file_name());
-            if e.file_type()?.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    Ok(out)
+/// `rel` under the output location, for messages.
+fn show(store: &Option<PartStore>, rel: &str) -> String {
+    store.as_ref().map_or_else(|| rel.to_string(), |s| s.show(rel))
 }
 
 impl<T: Data + Serialize> FileSinkWriter<T> {
@@ -236,22 +213,23 @@ impl<T: Data + Serialize> FileSinkWriter<T> {
         self.sink.bucket.as_ref().map(|f| f(value)).unwrap_or_default()
     }
 
-    /// `name` in the directory of `bucket`, relative to the output directory.
-    fn in_bucket(bucket: &str, name: String) -> String {
-        if bucket.is_empty() {
-            name
-        } else {
-            format!("{bucket}/{name}")
-        }
+    fn store(&self) -> Result<&PartStore> {
+        self.store.as_ref().context("the file sink is not open")
     }
 
-    fn open_file(&mut self, rel: &str) -> Result<Writer<T>> {
-        let path = self.sink.dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(match self.sink.format {
+    fn name<'a>(&self, bucket: &'a str) -> PartName<'a> {
+        PartName { subtask: self.subtask, bucket, ext: self.sink.format.extension() }
+    }
+
+    fn open_file(&mut self, bucket: &str, checkpointing: bool) -> Result<(Writer<T>, String)> {
+        let n = self.name(bucket);
+        let (file, rel) = if checkpointing {
+            self.seq += 1;
+            self.store()?.create_staged(&n, self.base, self.seq)?
+        } else {
+            self.store()?.create_plain(&n)?
+        };
+        let w = match self.sink.format {
             FileFormat::Csv => Writer::Csv(Box::new(
                 csv::WriterBuilder::new().has_headers(true).from_writer(BufWriter::with_capacity(1 << 16, file)),
             )),
@@ -267,45 +245,8 @@ impl<T: Data + Serialize> FileSinkWriter<T> {
                 };
                 Writer::Parquet(Box::new(ParquetPart::create(file, schema)?))
             }
-        })
-    }
-
-    /// Removes this sink's in-progress files written after the restored checkpoint by the old
-    /// subtasks `handled`, and files committed by checkpoints newer than `restored` (when a newer
-    /// one was broken and skipped): their records will be replayed. Returns the removed paths.
-    fn remove_stray_files(&self, handled: &[usize], restored: u64) -> Result<Vec<String>> {
-        let ext = self.sink.format.extension();
-        let mut removed = Vec::new();
-        for rel in files_under(&self.sink.dir)? {
-            let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
-            let stray = handled.iter().any(|s| {
-                let in_progress =
-                    name.starts_with(&format!(".part-{s}-")) && name.ends_with(&format!(".{ext}.inprogress"));
-                let newer = name
-                    .strip_prefix(&format!("part-{s:05}-"))
-                    .and_then(|rest| rest.strip_suffix(&format!(".{ext}")))
-                    .and_then(|id| id.parse::<u64>().ok())
-                    .is_some_and(|id| id > restored);
-                in_progress || newer
-            });
-            if stray {
-                std::fs::remove_file(self.sink.dir.join(&rel))?;
-                removed.push(rel.to_string_lossy().into_owned());
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Fsyncs the directories holding `files` (relative paths), so renames survive a crash.
-    fn sync_dirs_of<'a>(&self, files: impl Iterator<Item = &'a str>) -> Result<()> {
-        let mut dirs: Vec<PathBuf> =
-            files.filter_map(|f| self.sink.dir.join(f).parent().map(Path::to_path_buf)).collect();
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            sync_dir(&d)?;
-        }
-        Ok(())
+        };
+        Ok((w, rel))
     }
 }
 
@@ -315,25 +256,22 @@ impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
     type Meta = FileSinkMeta;
 
     fn open(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
-        std::fs::create_dir_all(&self.sink.dir)
-            .with_context(|| format!("creating output directory {}", self.sink.dir.display()))
+        if self.store.is_none() {
+            let store = PartStore::open(&self.sink.location)?;
+            store.prepare()?;
+            self.store = Some(store);
+        }
+        Ok(())
     }
 
     fn write(&mut self, value: T, ctx: &mut OperatorContext) -> Result<()> {
         let bucket = self.bucket_of(&value);
         // The common case, a file already open for the bucket, costs one lookup.
         if let Some((w, rel)) = self.writers.get_mut(&bucket) {
-            return w.write(value).with_context(|| format!("writing {}", self.sink.dir.join(rel.as_str()).display()));
+            return w.write(value).with_context(|| format!("writing {}", show(&self.store, rel)));
         }
-        let ext = self.sink.format.extension();
-        let rel = if ctx.checkpointing() {
-            self.seq += 1;
-            Self::in_bucket(&bucket, format!(".part-{}-{}.{ext}.inprogress", self.subtask, self.seq))
-        } else {
-            Self::in_bucket(&bucket, format!("part-{:05}.{ext}", self.subtask))
-        };
-        let mut w = self.open_file(&rel)?;
-        w.write(value).with_context(|| format!("writing {}", self.sink.dir.join(&rel).display()))?;
+        let (mut w, rel) = self.open_file(&bucket, ctx.checkpointing())?;
+        w.write(value).with_context(|| format!("writing {}", show(&self.store, &rel)))?;
         self.writers.insert(bucket, (w, rel));
         Ok(())
     }
@@ -350,19 +288,19 @@ impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
             // The final checkpoint commits the last files.
             return self.flush();
         }
-        for (_, (w, _)) in std::mem::take(&mut self.writers) {
-            w.close()?;
+        for (_, (w, rel)) in std::mem::take(&mut self.writers) {
+            let file = w.close()?;
+            self.store()?.publish(file, &rel)?;
         }
         Ok(())
     }
 
     fn pre_commit(&mut self, checkpoint: u64, _pending: &[PendingFile]) -> Result<Vec<PendingFile>> {
-        let ext = self.sink.format.extension();
+        self.base = checkpoint;
         let mut closed = Vec::new();
-        for (bucket, (w, hidden)) in std::mem::take(&mut self.writers) {
-            w.close()?;
-            let visible = Self::in_bucket(&bucket, format!("part-{:05}-{checkpoint:06}.{ext}", self.subtask));
-            closed.push(PendingFile { checkpoint, hidden, visible });
+        for (bucket, (w, rel)) in std::mem::take(&mut self.writers) {
+            let file = w.close().with_context(|| format!("closing {}", show(&self.store, &rel)))?;
+            closed.push(self.store()?.stage(file, rel, &self.name(&bucket), checkpoint)?);
         }
         Ok(closed)
     }
@@ -371,25 +309,12 @@ impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
         FileSinkMeta { seq: self.seq }
     }
 
-    /// Renames a pending file to its visible name; idempotent, so restores may repeat it.
     fn commit(&mut self, p: &PendingFile) -> Result<()> {
-        let hidden = self.sink.dir.join(&p.hidden);
-        let visible = self.sink.dir.join(&p.visible);
-        if hidden.exists() {
-            std::fs::rename(&hidden, &visible).with_context(|| format!("committing {}", visible.display()))?;
-        } else if !visible.exists() {
-            bail!(
-                "the output of checkpoint {} is lost: neither {} nor {} exists",
-                p.checkpoint,
-                hidden.display(),
-                visible.display()
-            );
-        }
-        Ok(())
+        self.store()?.commit(p)
     }
 
     fn after_commit(&mut self, committed: &[PendingFile], _pending: &[PendingFile]) -> Result<()> {
-        self.sync_dirs_of(committed.iter().map(|p| p.visible.as_str()))
+        self.store()?.after_commit(committed)
     }
 
     fn recover(
@@ -398,12 +323,13 @@ impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
         ctx: &mut OperatorContext,
     ) -> Result<()> {
         self.open(ctx)?;
+        let restored = ctx.restored_checkpoint().unwrap_or(u64::MAX);
         let mut handled = Vec::new();
         let mut committed = Vec::new();
         for st in inherited {
-            for pf in &st.pending {
-                self.commit(pf)?;
-                committed.push(pf.visible.clone());
+            for pf in st.pending {
+                self.commit(&pf)?;
+                committed.push(pf);
             }
             if st.subtask == self.subtask {
                 self.seq = self.seq.max(st.meta.seq);
@@ -413,8 +339,8 @@ impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
         if !handled.contains(&self.subtask) {
             handled.push(self.subtask);
         }
-        let removed = self.remove_stray_files(&handled, ctx.restored_checkpoint().unwrap_or(u64::MAX))?;
-        sync_dir(&self.sink.dir)?;
-        self.sync_dirs_of(committed.iter().chain(&removed).map(String::as_str))
+        self.base = ctx.restored_checkpoint().unwrap_or(0);
+        let ext = self.sink.format.extension();
+        self.store()?.remove_strays(&handled, ext, restored, &committed)
     }
 }

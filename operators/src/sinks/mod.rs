@@ -7,10 +7,12 @@ mod file;
 #[cfg(test)]
 mod file_tests;
 mod parquet;
+mod part_store;
 mod print;
 pub mod two_phase;
 
 pub use collect::{CollectSink, Collected};
 pub use console::{ConsoleTable, ConsoleTableOperator};
-pub use file::{FileFormat, FileSink, FileSinkMeta, FileSinkWriter, PendingFile};
+pub use file::{FileFormat, FileSink, FileSinkMeta, FileSinkWriter};
+pub use part_store::PendingFile;
 pub use print::PrintSink;

@@ -1,7 +1,6 @@
 //! Parquet encoding of part files: records are buffered, turned into Arrow record batches by
 //! `serde_arrow` with a schema traced from the record type, and written as row groups.
 
-use std::fs::File;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,6 +11,8 @@ use parquet::file::properties::WriterProperties;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_arrow::schema::{SchemaLike, TracingOptions};
+
+use super::part_store::PartFile;
 
 /// Rows per row group: large enough for columnar compression, small enough to bound the
 /// memory a subtask holds per open file.
@@ -53,13 +54,13 @@ impl Schema {
 
 /// One Parquet part file being written.
 pub(crate) struct ParquetPart<T> {
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<PartFile>,
     schema: Schema,
     rows: Vec<T>,
 }
 
 impl<T: Serialize> ParquetPart<T> {
-    pub(crate) fn create(file: File, schema: Schema) -> Result<Self> {
+    pub(crate) fn create(file: PartFile, schema: Schema) -> Result<Self> {
         let arrow_schema = Arc::new(arrow_schema::Schema::new(schema.fields.as_slice().to_vec()));
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -87,8 +88,8 @@ impl<T: Serialize> ParquetPart<T> {
         Ok(())
     }
 
-    /// Writes the buffered rows and the footer, and returns the file for fsync.
-    pub(crate) fn finish(mut self) -> Result<File> {
+    /// Writes the buffered rows and the footer, and returns the file to finish.
+    pub(crate) fn finish(mut self) -> Result<PartFile> {
         self.write_rows()?;
         self.writer.into_inner().context("finishing a Parquet file")
     }
