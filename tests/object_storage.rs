@@ -1,6 +1,6 @@
-//! Checkpoints on an S3-compatible server (moto on loopback, `scripts/s3`): a job killed again
-//! and again, restarted every time on an empty `--state-dir` as on a new machine, ends with
-//! exactly the output of a failure-free run; two coordinators never both commit an id; a restore
+//! Checkpoints on an S3-compatible server (moto on loopback, `scripts/s3`): a job writing its
+//! output and checkpoints there, killed again and again and restarted every time on an empty
+//! `--state-dir` as on a new machine, ends with exactly the output of a failure-free run; two coordinators never both commit an id; a restore
 //! on a new machine downloads and verifies, skips a checkpoint whose files are broken on the store,
 //! and a restore on the same machine downloads nothing it still has.
 
@@ -78,8 +78,8 @@ fn a_job_checkpointing_to_s3_survives_kills_on_a_new_machine_every_time() {
     let ref_out = dir.path().join("ref-out");
     run_ok("auction_windows", &common_args(&ref_out).iter().map(String::as_str).collect::<Vec<_>>());
 
-    let out = dir.path().join("out");
-    let mut args = common_args(&out);
+    // Output and checkpoints on the store; only the input is local.
+    let mut args = common_args(Path::new(&bucket.url("out")));
     let chk = bucket.url("chk");
     args.extend(
         ["--checkpoint-dir", &chk, "--checkpoint-interval", "100ms", "--rate", "10000"].iter().map(|s| s.to_string()),
@@ -97,6 +97,9 @@ fn a_job_checkpointing_to_s3_survives_kills_on_a_new_machine_every_time() {
 
     let expected = sorted_rows(&ref_out);
     assert!(expected.len() > 500);
+    bucket.assert_no_open_uploads("out/");
+    let out = dir.path().join("out");
+    bucket.download("out", &out);
     assert_eq!(sorted_rows(&out), expected, "committed windows equal the failure-free run");
     assert_retention(&bucket, "chk/auction_windows", 2);
 }
@@ -239,15 +242,17 @@ fn restores_download_verify_and_skip_what_is_broken_on_the_store() {
 
 #[test]
 fn location_flags_refuse_what_weir_cannot_write() {
-    let out = common::run("auction_windows", &["--generate", "10", "--output", "s3://bucket/out"]);
+    let out = common::run("auction_windows", &["--generate", "10", "--state-dir", "s3://bucket/state"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("this flag takes a local directory; s3:// is not supported here"), "{err}");
     assert!(!Path::new("s3:").exists(), "no local directory named after the scheme");
-    let out = common::run("auction_windows", &["--generate", "10", "--checkpoint-dir", "gs://bucket/chk"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("weir does not support gs:// locations"), "{err}");
+    for flag in ["--checkpoint-dir", "--output"] {
+        let out = common::run("auction_windows", &["--generate", "10", flag, "gs://bucket/x"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains("weir does not support gs:// locations"), "{flag}: {err}");
+    }
 }
 
 #[test]
@@ -270,12 +275,12 @@ fn checkpoints_on_s3_restore_at_other_parallelisms() {
     let ref_out = dir.path().join("ref-out");
     run_ok("auction_windows", &args(&ref_out, 2, &[]).iter().map(String::as_str).collect::<Vec<_>>());
 
-    let out = dir.path().join("out");
+    let out = bucket.url("out");
     let chk = bucket.url("chk");
     let checkpointed = |p: usize, state: &str| {
         let state = dir.path().join(state);
         let extra = ["--checkpoint-dir", &chk, "--checkpoint-interval", "100ms", "--rate", "10000"];
-        let mut a = args(&out, p, &extra);
+        let mut a = args(Path::new(&out), p, &extra);
         a.extend(["--state-dir".to_string(), state.to_str().unwrap().to_string()]);
         a
     };
@@ -295,7 +300,10 @@ fn checkpoints_on_s3_restore_at_other_parallelisms() {
         assert!(completed() > 0, "a complete checkpoint to restore from");
     }
     run_ok("auction_windows", &checkpointed(1, "state-c").iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(sorted_rows(&out), sorted_rows(&ref_out), "committed windows equal the failure-free run");
+    bucket.assert_no_open_uploads("out/");
+    let local = dir.path().join("out");
+    bucket.download("out", &local);
+    assert_eq!(sorted_rows(&local), sorted_rows(&ref_out), "committed windows equal the failure-free run");
     assert_retention(&bucket, "chk/auction_windows", 2);
 }
 

@@ -1,6 +1,7 @@
 //! `station_hourly`: hourly rentals and returns per station, written as partitioned Parquet,
 //! compared with a brute-force reference computed from the generated feed; and the same job
-//! killed with SIGKILL again and again, whose committed Parquet output must not change.
+//! killed with SIGKILL again and again, whose committed Parquet output must not change, on the
+//! local disk and with output and checkpoints on S3.
 
 mod common;
 
@@ -12,7 +13,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{TimestampMillisecondType, UInt64Type};
 use arrow_array::Array;
 use chrono::{DateTime, Datelike, NaiveDateTime, Timelike};
-use common::{broker, example, kill_until_done, run_ok};
+use common::{broker, example, kill_until_done, kill_until_done_with, run_ok, KillRuns};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// (window_start, stationId) -> (window_end, total_rental, total_return)
@@ -188,6 +189,47 @@ fn station_hourly_survives_kills_without_loss_or_duplicates() {
     // A restart that forgot a station's previous count would count its next reading as neither
     // rental nor return, and a replayed reading would be counted twice: both change the sums.
     assert_rows_eq(&read_output(&out), &expected, "committed Parquet rows after kills");
+}
+
+/// The seed job where its users run it: readings → hourly windows → Parquet on S3, checkpoints
+/// on S3, killed at random and at the named crash points, and every restart on an empty state
+/// directory (a new machine).
+#[test]
+fn station_hourly_on_s3_survives_kills_on_a_new_machine_every_time() {
+    let bucket = common::s3::bucket("station-hourly");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("readings.jsonl");
+    feed(&input, &["--stations", "30", "--readings", "40000", "--step", "4s", "--seed", "12"]);
+    let expected = reference(&input);
+    let (out, chk) = (bucket.url("out"), bucket.url("chk"));
+    let args = s(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        &out,
+        "-p",
+        "2",
+        "--checkpoint-dir",
+        &chk,
+        "--checkpoint-interval",
+        "100ms",
+        "--rate",
+        "4000",
+        "--progress-interval",
+        "0s",
+    ]);
+    let states = dir.path().to_path_buf();
+    let per_run = move |run: usize| s(&["--state-dir", states.join(format!("state-{run}")).to_str().unwrap()]);
+    let env = bucket.env();
+    let runs =
+        KillRuns { max_checkpoint: &|| bucket.max_checkpoint("chk/station_hourly"), per_run: &per_run, env: &env };
+    let points = ["mid-snapshot", "after-checkpoint-complete", "before-sink-commit", "mid-sink-commit"];
+    let kills = kill_until_done_with("station_hourly", &args, &runs, &points, &[], 20, 37);
+    assert!(kills >= 20);
+    bucket.assert_no_open_uploads("out/");
+    let local = dir.path().join("out");
+    bucket.download("out", &local);
+    assert_rows_eq(&read_output(&local), &expected, "committed Parquet rows on S3 after kills");
 }
 
 #[test]

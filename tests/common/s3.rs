@@ -142,6 +142,19 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// After a job's last run: every upload of its file sinks under `prefix` (`out/`) was
+    /// completed or aborted and its record removed. The one exception a kill can leave is an
+    /// upload created in the instant before its id was recorded, which never received a part
+    /// (nothing stored, nothing visible).
+    pub fn assert_no_open_uploads(&self, prefix: &str) {
+        let records = self.list(&format!("{prefix}_uploads/"));
+        assert!(records.is_empty(), "upload records left: {records:?}");
+        let open: Vec<_> = self.uploads(prefix).into_iter().filter(|u| u.2 > 0).collect();
+        assert!(open.is_empty(), "uploads with parts neither completed nor aborted: {open:?}");
+    }
+}
+
 /// The contents of every `<tag>...</tag>` in `xml` (flat: enough for S3's listings).
 fn xml_elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
