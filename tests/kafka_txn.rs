@@ -282,3 +282,35 @@ fn a_transactional_topic_is_read_to_its_end_without_aborted_records() {
     assert!(!stderr.contains("ERROR"), "reaching the end of a partition is no error:\n{stderr}");
     assert_eq!(common::kafka::auction_rows(&out), expected, "the committed bids only, and all of them");
 }
+
+/// The transactional ids of a job checkpointing to S3 are listed from its checkpoint there, as
+/// from a local one (on a new machine: the CLI downloads what it reads).
+#[test]
+fn transactions_are_listed_from_checkpoints_on_s3() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = common::broker();
+    let bucket = common::s3::bucket("txn-list");
+    let sc = Scenario::new(&addr, "txn-s3", 5_000, 1);
+    let prefix = format!("txn-s3-{}", std::process::id());
+    let chk = bucket.url("chk");
+    let args = txn_args(&addr, &sc.input, &sc.output, Path::new(&chk), &prefix, 2);
+    let mut job = Command::new(common::example("auction_windows"));
+    let out = job.args(&args).envs(bucket.env()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_exactly(&addr, &sc.output, &sc.expected);
+
+    let listed = Command::new(common::weir_cli())
+        .args(["kafka", "transactions", "--brokers", &addr, "--checkpoint", &format!("{chk}/auction_windows")])
+        .envs(bucket.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let last = bucket.max_checkpoint("chk/auction_windows");
+    assert!(text.starts_with(&format!("checkpoint {last} of job auction_windows")), "{text}");
+    for sub in 0..2 {
+        let id = format!("{prefix}-kafka-sink-{sub}");
+        let line = text.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+        assert!(line.contains("up to date"), "{line}");
+    }
+}

@@ -1,11 +1,9 @@
 //! The `weir` command-line tool: list checkpoints, inspect and dump savepoints, trigger
 //! savepoints of a running job, watch a running job (`weir top`).
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use weir::checkpoint::{inspect, jobs_at, load, local_snapshot, CheckpointStorage, Location};
+use weir::checkpoint::{inspect, jobs_at, load, local_snapshot, Location};
 use weir::operators::kafka::KafkaSinkState;
 
 mod top;
@@ -59,10 +57,11 @@ enum KafkaCommand {
         /// Kafka bootstrap servers.
         #[arg(long, value_name = "HOST:PORT")]
         brokers: String,
-        /// The job's checkpoint directory (`<checkpoint-dir>/<job>`: its newest complete
-        /// checkpoint is read), or a `chk-N` or savepoint directory.
-        #[arg(long, value_name = "PATH", value_parser = weir::checkpoint::location::local_path)]
-        checkpoint: PathBuf,
+        /// The job's checkpoint directory (`<checkpoint-dir>/<job>`, a path or
+        /// `s3://bucket/prefix`: its newest complete checkpoint is read), or a `chk-N` or
+        /// savepoint directory.
+        #[arg(long, value_name = "PATH|URL")]
+        checkpoint: Location,
         /// Abort the open transaction of this transactional id by initialising it (this also
         /// fences a running producer that holds it: stop the job first).
         #[arg(long, value_name = "TRANSACTIONAL_ID")]
@@ -127,20 +126,36 @@ fn list(location: &Location) -> Result<()> {
     Ok(())
 }
 
+/// The newest complete checkpoint of the one job at `location`, or the savepoint or `chk-N`
+/// directory `location` names (object-store files are downloaded into `scratch`).
+fn snapshot_at(location: &Location, scratch: &std::path::Path) -> Result<weir::checkpoint::LoadedSnapshot> {
+    let is_job_dir = match location {
+        Location::Local(path) => path.join("shared").is_dir(),
+        Location::S3 { .. } => true,
+    };
+    let mut jobs = if is_job_dir { jobs_at(location, scratch)? } else { Vec::new() };
+    match jobs.len() {
+        0 => load(&local_snapshot(location, scratch)?),
+        1 => {
+            let (_, storage) = jobs.remove(0);
+            storage.latest_valid()?.with_context(|| format!("no complete checkpoint under {location}"))
+        }
+        _ => {
+            let names: Vec<String> = jobs.into_iter().map(|(name, _)| name).collect();
+            bail!("{location} holds the checkpoints of several jobs ({}): name one", names.join(", "))
+        }
+    }
+}
+
 /// Lists (or aborts) the transactional ids recorded in a job's checkpoint.
-fn transactions(brokers: &str, path: &std::path::Path, abort: Option<&str>) -> Result<()> {
+fn transactions(brokers: &str, location: &Location, abort: Option<&str>) -> Result<()> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, Producer};
     use rdkafka::{Offset, TopicPartitionList};
     let timeout = std::time::Duration::from_secs(30);
-    let snap = if path.join("shared").is_dir() {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let storage = CheckpointStorage::new(path.parent().context("checkpoint path without parent")?, &name)?;
-        storage.latest_valid()?.with_context(|| format!("no complete checkpoint under {}", path.display()))?
-    } else {
-        load(path)?
-    };
+    let scratch = tempfile::tempdir()?;
+    let snap = snapshot_at(location, scratch.path())?;
     let mut ids = Vec::new();
     for op in &snap.meta.operators {
         for sub in &op.subtasks {
