@@ -40,6 +40,12 @@ struct Cli {
     /// credentials from the AWS_* environment), every 10 s and every 1 s, beside the local runs.
     #[arg(long, value_name = "URL")]
     object_store: Option<String>,
+
+    /// Keyed state (MiB of values) for the checkpoint-and-restore table of the `keyed_state`
+    /// job: checkpoint durations once it is full, and restart time after SIGKILL to the first
+    /// record, on the local disk and on --object-store; 0 skips it.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    restore_mib: u64,
 }
 
 struct Run {
@@ -135,6 +141,44 @@ fn main() -> Result<()> {
     );
     if cli.checkpoint_bids > 0 {
         checkpoint_table(&cli, &job, &dir)?;
+    }
+    if cli.restore_mib > 0 {
+        restore_table(&cli, &exe.with_file_name("keyed_state"), &dir)?;
+    }
+    Ok(())
+}
+
+/// Checkpoint durations and restore times of large keyed state, local disk vs object store.
+fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
+    use measure::restore::{measure, Target};
+    let mut targets =
+        vec![Target { label: "local disk".into(), location: dir.join("restore-chk").display().to_string() }];
+    if let Some(url) = cli.object_store.as_deref() {
+        let location = format!("{}/{}-restore", url.trim_end_matches('/'), std::process::id());
+        targets.push(Target { label: url.to_string(), location });
+    }
+    let mut rows = Vec::new();
+    for t in &targets {
+        rows.push(measure(job, dir, t, cli.restore_mib, cli.runs)?);
+        let _ = std::fs::remove_dir_all(dir.join("restore-chk"));
+    }
+    println!(
+        "\nLarge state ({} MiB of values in `keyed_state`, parallelism 2, checkpoints every 2 s; restarts after SIGKILL, median of {}):\n",
+        cli.restore_mib, cli.runs
+    );
+    println!("| checkpoints on | state MiB | checkpoint p50 ms | checkpoint p99 ms | incremental p50 MiB | restart to first record, same machine s | restart, new machine s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} |",
+            r.label,
+            r.state_mib,
+            percentile(r.durations_ms.clone(), 0.5),
+            percentile(r.durations_ms, 0.99),
+            percentile(r.incremental_mib, 0.5),
+            median(r.same_machine_s),
+            median(r.new_machine_s),
+        );
     }
     Ok(())
 }

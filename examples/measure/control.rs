@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ pub fn free_local_addr() -> std::io::Result<String> {
 pub struct CheckpointStat {
     pub id: u64,
     pub status: String,
+    pub trigger_time: i64,
     pub duration_ms: f64,
     pub size_bytes: f64,
     pub incremental_bytes: f64,
@@ -33,7 +34,8 @@ pub struct CheckpointStat {
 /// exits within a poll interval of completing it.
 pub struct CheckpointWatch {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<BTreeMap<u64, CheckpointStat>>,
+    seen: Arc<Mutex<BTreeMap<u64, CheckpointStat>>>,
+    thread: JoinHandle<()>,
 }
 
 impl CheckpointWatch {
@@ -42,29 +44,37 @@ impl CheckpointWatch {
     pub fn start(addr: &str) -> Self {
         let url = format!("http://{addr}/checkpoints");
         let stop = Arc::new(AtomicBool::new(false));
-        let done = stop.clone();
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let (done, found) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
-            let mut seen = BTreeMap::new();
             while !done.load(Ordering::Relaxed) {
                 let got =
                     ureq::get(&url).timeout(Duration::from_secs(1)).call().ok().and_then(|r| r.into_string().ok());
                 if let Some(list) = got.and_then(|body| serde_json::from_str::<Vec<CheckpointStat>>(&body).ok()) {
+                    let mut found = found.lock().unwrap_or_else(|e| e.into_inner());
                     for c in list {
-                        seen.insert(c.id, c);
+                        found.insert(c.id, c);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            seen
         });
-        CheckpointWatch { stop, thread }
+        CheckpointWatch { stop, seen, thread }
+    }
+
+    /// The completed checkpoints seen so far, in id order.
+    pub fn seen(&self) -> Vec<CheckpointStat> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.values().filter(|c| c.status == "completed" && c.savepoint.is_none()).cloned().collect()
     }
 
     /// Stops polling; returns the completed checkpoints (no savepoints) in id order, the
     /// terminal one a bounded job ends with included if it was seen (see [`CheckpointStat::terminal`]).
     pub fn finish(self) -> Vec<CheckpointStat> {
         self.stop.store(true, Ordering::Relaxed);
-        let seen = self.thread.join().unwrap_or_default();
-        seen.into_values().filter(|c| c.status == "completed" && c.savepoint.is_none()).collect()
+        let CheckpointWatch { seen, thread, .. } = self;
+        let _ = thread.join();
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.values().filter(|c| c.status == "completed" && c.savepoint.is_none()).cloned().collect()
     }
 }
