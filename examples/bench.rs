@@ -37,9 +37,13 @@ struct Cli {
     #[arg(long, default_value_t = 10_000_000)]
     checkpoint_bids: u64,
     /// Also checkpoint to this object-store location (e.g. `s3://bucket/bench`, endpoint and
-    /// credentials from the AWS_* environment), every 10 s and every 1 s, beside the local runs.
+    /// credentials from the AWS_* environment), at each interval, beside the local runs.
     #[arg(long, value_name = "URL")]
     object_store: Option<String>,
+
+    /// Checkpoint intervals of the checkpoint comparison (each also against --object-store).
+    #[arg(long, value_delimiter = ',', default_value = "10s,1s")]
+    checkpoint_intervals: Vec<String>,
 
     /// Keyed state (MiB of values) for the checkpoint-and-restore table of the `keyed_state`
     /// job: checkpoint durations once it is full, and restart time after SIGKILL to the first
@@ -191,11 +195,14 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |b: f64| b / (1u64 << 20) as f64;
     // (label, interval, object-store location)
-    let mut settings: Vec<(String, Option<&str>, Option<&str>)> =
-        vec![("off".into(), None, None), ("10s".into(), Some("10s"), None), ("1s".into(), Some("1s"), None)];
+    let mut settings: Vec<(String, Option<&str>, Option<&str>)> = vec![("off".into(), None, None)];
+    for iv in &cli.checkpoint_intervals {
+        settings.push((iv.clone(), Some(iv), None));
+    }
     if let Some(url) = cli.object_store.as_deref() {
-        settings.push((format!("10s, {url}"), Some("10s"), Some(url)));
-        settings.push((format!("1s, {url}"), Some("1s"), Some(url)));
+        for iv in &cli.checkpoint_intervals {
+            settings.push((format!("{iv}, {url}"), Some(iv), Some(url)));
+        }
     }
     // Runs of the settings alternate, so that noise on a shared machine hits all alike.
     let mut secs = vec![Vec::new(); settings.len()];
