@@ -18,18 +18,11 @@ use weir::runtime::testing::{HarnessConfig, OperatorHarness};
 use weir::runtime::TaskInfo;
 
 fn config(subtask: usize, parallelism: usize) -> HarnessConfig {
-    HarnessConfig { subtask, parallelism, ..HarnessConfig::default() }
+    HarnessConfig::subtask(subtask, parallelism)
 }
 
 fn info(c: &HarnessConfig) -> TaskInfo {
-    TaskInfo {
-        job_name: "harness".into(),
-        operator_name: "file-sink".into(),
-        uid: "sink".into(),
-        subtask: c.subtask,
-        parallelism: c.parallelism,
-        max_parallelism: c.max_parallelism,
-    }
+    c.task_info("sink")
 }
 
 /// The sink writing JSON lines to `out/` in the test's bucket.

@@ -153,6 +153,15 @@ fn station_hourly_matches_a_brute_force_reference() {
     assert_rows_eq(&read_output(&out), &expected, "the job's Parquet rows");
 }
 
+/// The job reading `input` slowly enough to be killed many times, checkpointing every 100 ms.
+fn kill_args(input: &Path, out: &str, chk: &str) -> Vec<String> {
+    let input = input.to_str().unwrap();
+    s(&["--input", input, "--output", out, "-p", "2", "--checkpoint-dir", chk, "--checkpoint-interval", "100ms"])
+        .into_iter()
+        .chain(s(&["--rate", "4000", "--progress-interval", "0s"]))
+        .collect()
+}
+
 #[test]
 fn station_hourly_survives_kills_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,22 +169,7 @@ fn station_hourly_survives_kills_without_loss_or_duplicates() {
     feed(&input, &["--stations", "30", "--readings", "40000", "--step", "4s", "--seed", "11"]);
     let expected = reference(&input);
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let args = s(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "-p",
-        "2",
-        "--checkpoint-dir",
-        chk.to_str().unwrap(),
-        "--checkpoint-interval",
-        "100ms",
-        "--rate",
-        "4000",
-        "--progress-interval",
-        "0s",
-    ]);
+    let args = kill_args(&input, out.to_str().unwrap(), chk.to_str().unwrap());
     let kills = kill_until_done(
         "station_hourly",
         &args,
@@ -201,23 +195,7 @@ fn station_hourly_on_s3_survives_kills_on_a_new_machine_every_time() {
     let input = dir.path().join("readings.jsonl");
     feed(&input, &["--stations", "30", "--readings", "40000", "--step", "4s", "--seed", "12"]);
     let expected = reference(&input);
-    let (out, chk) = (bucket.url("out"), bucket.url("chk"));
-    let args = s(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        &out,
-        "-p",
-        "2",
-        "--checkpoint-dir",
-        &chk,
-        "--checkpoint-interval",
-        "100ms",
-        "--rate",
-        "4000",
-        "--progress-interval",
-        "0s",
-    ]);
+    let args = kill_args(&input, &bucket.url("out"), &bucket.url("chk"));
     let states = dir.path().to_path_buf();
     let per_run = move |run: usize| s(&["--state-dir", states.join(format!("state-{run}")).to_str().unwrap()]);
     let env = bucket.env();

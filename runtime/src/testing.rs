@@ -57,6 +57,26 @@ impl Default for HarnessConfig {
     }
 }
 
+impl HarnessConfig {
+    /// Subtask `subtask` of `parallelism`, checkpointing, 128 key groups.
+    pub fn subtask(subtask: usize, parallelism: usize) -> Self {
+        HarnessConfig { subtask, parallelism, ..HarnessConfig::default() }
+    }
+
+    /// What the operator of `uid` sees of itself as this subtask (for operators whose
+    /// constructor takes it, as the sinks do).
+    pub fn task_info(&self, uid: &str) -> TaskInfo {
+        TaskInfo {
+            job_name: "harness".into(),
+            operator_name: uid.into(),
+            uid: uid.into(),
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            max_parallelism: self.max_parallelism,
+        }
+    }
+}
+
 /// What [`OperatorHarness::snapshot`] took: the operator state and, for keyed operators, a
 /// RocksDB checkpoint of the keyed state.
 #[derive(Clone)]
@@ -147,14 +167,7 @@ impl<In: Data, Out: Data> OperatorHarness<In, Out> {
         restore_from: Option<&Path>,
     ) -> Result<Self> {
         let dir = Arc::new(tempfile::tempdir().context("creating the harness directory")?);
-        let info = TaskInfo {
-            job_name: "harness".into(),
-            operator_name: "operator".into(),
-            uid: "operator".into(),
-            subtask: config.subtask,
-            parallelism: config.parallelism,
-            max_parallelism: config.max_parallelism,
-        };
+        let info = config.task_info("operator");
         let backend = match keyed {
             false => None,
             true => {

@@ -11,18 +11,11 @@ use weir_runtime::TaskInfo;
 use super::file::FileSink;
 
 fn config(subtask: usize, parallelism: usize) -> HarnessConfig {
-    HarnessConfig { subtask, parallelism, ..HarnessConfig::default() }
+    HarnessConfig::subtask(subtask, parallelism)
 }
 
 fn info(c: &HarnessConfig) -> TaskInfo {
-    TaskInfo {
-        job_name: "harness".into(),
-        operator_name: "file-sink".into(),
-        uid: "sink".into(),
-        subtask: c.subtask,
-        parallelism: c.parallelism,
-        max_parallelism: c.max_parallelism,
-    }
+    c.task_info("sink")
 }
 
 fn sink(dir: &Path, c: HarnessConfig) -> OperatorHarness<i64, ()> {
