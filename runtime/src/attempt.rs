@@ -235,9 +235,14 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
     drop(sampler);
     let checkpointing = coord.is_some();
     if let Some(e) = failure.first.or(failure.secondary) {
+        // A task reports its exit just before its thread ends; the next attempt may reopen the
+        // same RocksDB directories only once every thread of this one is gone.
+        let stopped = join_within(tasks.handles, TEAR_DOWN_GRACE);
         if stop_requested && !checkpointing && is_cancelled(&e) {
-            tasks.handles.into_iter().for_each(|h| drop(h.join()));
             return Ok(AttemptEnd::Finished);
+        }
+        if !stopped {
+            return Err(e.context("task threads did not stop within 10 s after the job failed"));
         }
         return Ok(AttemptEnd::Failed(e));
     }
@@ -246,6 +251,19 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
         let _ = io.join();
     }
     Ok(AttemptEnd::Finished)
+}
+
+/// Joins `handles`, waiting at most `grace` for them to finish; false if some did not.
+fn join_within(handles: Vec<std::thread::JoinHandle<()>>, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while handles.iter().any(|h| !h.is_finished()) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handles.into_iter().for_each(|h| drop(h.join()));
+    true
 }
 
 /// Carries out what the I/O thread reports: finalize a fully stored checkpoint, record a
