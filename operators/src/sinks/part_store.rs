@@ -325,3 +325,19 @@ fn remove_local_strays(dir: &Path, handled: &[usize], ext: &str, restored: u64) 
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::object_part;
+
+    /// A restore deletes an object-store part file only if its name parses as one of the sink's
+    /// own, of a subtask it inherits, opened after the restored barrier.
+    #[test]
+    fn object_part_names_parse_only_for_the_sinks_own_files() {
+        assert_eq!(object_part("part-00001-000012-3.parquet", "parquet"), Some((1, 12)));
+        assert_eq!(object_part("part-00001-000012-3.csv", "parquet"), None, "another format's file");
+        assert_eq!(object_part("part-00001-000012.parquet", "parquet"), None, "a local-style name");
+        assert_eq!(object_part("part-00001.parquet", "parquet"), None, "a file written without checkpoints");
+        assert_eq!(object_part("notes-00001-000012-3.parquet", "parquet"), None);
+    }
+}
