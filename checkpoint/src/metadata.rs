@@ -120,7 +120,7 @@ struct EnvelopeIn<'a> {
     body: &'a RawValue,
 }
 
-fn hex(h: u64) -> String {
+pub(crate) fn hex(h: u64) -> String {
     format!("{h:016x}")
 }
 
@@ -220,11 +220,19 @@ pub struct LoadedSnapshot {
 
 /// Loads a snapshot directory (checkpoint `chk-N` or savepoint) and verifies all its files.
 pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
+    let snapshot = load_verified_elsewhere(dir)?;
+    verify(&snapshot.meta, &snapshot.base)?;
+    Ok(snapshot)
+}
+
+/// [`load`] without reading the files: for a snapshot whose every file the caller has just
+/// checked against the metadata (a fetch from an object store checksums what it keeps and what it
+/// downloads), so that a restore reads nothing twice.
+pub(crate) fn load_verified_elsewhere(dir: &Path) -> Result<LoadedSnapshot> {
     let meta = read_metadata(dir)?;
     let base = match meta.kind {
         SnapshotKind::Savepoint => dir.to_path_buf(),
         SnapshotKind::Checkpoint => dir.parent().context("checkpoint directory without parent")?.to_path_buf(),
     };
-    verify(&meta, &base)?;
     Ok(LoadedSnapshot { meta, base, dir: dir.to_path_buf() })
 }

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::multipart::MultipartStore;
@@ -175,15 +175,28 @@ impl Remote {
         Ok(())
     }
 
-    /// Downloads objects, each `(key, local path)`, several at a time; each is written to a
-    /// temporary name first, so a crash never leaves a partial file under the real name.
-    pub(crate) fn download(&self, files: Vec<(String, PathBuf)>) -> Result<()> {
+    /// Downloads objects, each `(key, local path, expected size and xxh3)`, several at a time.
+    /// Each is written to a temporary name and checked as it streams in (no second read), and
+    /// only an object with the expected size and checksum gets its real name, so neither a crash
+    /// nor a corrupt object ever leaves a wrong file under the real name.
+    pub(crate) fn download(&self, files: Vec<(String, PathBuf, u64, String)>) -> Result<()> {
         block_on(
             futures::stream::iter(files)
-                .map(|(key, local)| async move {
+                .map(|(key, local, size, xxh3)| async move {
                     let context = || format!("downloading {}/{key}", self.url);
                     let stream = self.store.get(&self.path(&key)).await.with_context(context)?.into_stream();
-                    write_new_file(&local, stream).await.with_context(context)
+                    let (got_size, got) = write_new_file(&local, stream, |got_size, got| {
+                        got_size == size && got == xxh3
+                    })
+                    .await
+                    .with_context(context)?;
+                    if got_size != size || got != xxh3 {
+                        bail!(
+                            "{}/{key} is corrupt: {got_size} bytes with checksum {got}, expected {size} bytes with {xxh3}",
+                            self.url
+                        );
+                    }
+                    Ok(())
                 })
                 .buffer_unordered(PARALLEL_TRANSFERS)
                 .try_collect::<Vec<()>>(),
@@ -231,22 +244,33 @@ impl Remote {
     }
 }
 
-/// Writes a stream of chunks to `local` through a temporary name, so a crash never leaves a
-/// partial file under the real name.
+/// Writes a stream of chunks to `local` through a temporary name, hashing it as it comes; the file
+/// gets its real name only if `keep(size, xxh3)` accepts it. Returns the size and checksum.
 async fn write_new_file<B: AsRef<[u8]>>(
     local: &Path,
     mut chunks: impl futures::Stream<Item = object_store::Result<B>> + Unpin,
-) -> Result<()> {
+    keep: impl Fn(u64, &str) -> bool,
+) -> Result<(u64, String)> {
     use tokio::io::AsyncWriteExt;
     let dir = local.parent().context("download target without a directory")?;
     tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".{}.part", local.file_name().and_then(|n| n.to_str()).unwrap_or("download")));
     let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    let mut size = 0u64;
     while let Some(chunk) = chunks.try_next().await? {
-        f.write_all(chunk.as_ref()).await.with_context(|| format!("writing {}", tmp.display()))?;
+        let chunk = chunk.as_ref();
+        hash.update(chunk);
+        size += chunk.len() as u64;
+        f.write_all(chunk).await.with_context(|| format!("writing {}", tmp.display()))?;
     }
     f.flush().await?;
     drop(f);
-    tokio::fs::rename(&tmp, local).await.with_context(|| format!("renaming to {}", local.display()))?;
-    Ok(())
+    let sum = crate::metadata::hex(hash.digest());
+    if keep(size, &sum) {
+        tokio::fs::rename(&tmp, local).await.with_context(|| format!("renaming to {}", local.display()))?;
+    } else {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    Ok((size, sum))
 }

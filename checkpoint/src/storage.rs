@@ -27,8 +27,8 @@ use weir_state::snapshot::original_file_name;
 
 use crate::location::Location;
 use crate::metadata::{
-    checksum_file, load, metadata_bytes, parse_metadata, write_atomic, write_metadata, CheckpointMetadata, FileRef,
-    LoadedSnapshot, SnapshotKind, SubtaskSnapshot, METADATA_FILE,
+    checksum_file, load, load_verified_elsewhere, metadata_bytes, parse_metadata, write_atomic, write_metadata,
+    CheckpointMetadata, FileRef, LoadedSnapshot, SnapshotKind, SubtaskSnapshot, METADATA_FILE,
 };
 use crate::remote::Remote;
 
@@ -169,7 +169,11 @@ impl CheckpointStorage {
             if !dir.join(METADATA_FILE).exists() {
                 continue;
             }
-            match load(&dir) {
+            let loaded = match self.remote {
+                Some(_) => load_verified_elsewhere(&dir),
+                None => load(&dir),
+            };
+            match loaded {
                 Ok(s) => return Ok(Some(s)),
                 Err(e) => tracing::warn!(checkpoint = id, error = format!("{e:#}"), "skipping a broken checkpoint"),
             }
@@ -185,13 +189,15 @@ impl CheckpointStorage {
         let Some(bytes) = remote.get(&key)? else { return Ok(false) };
         let text = String::from_utf8(bytes).with_context(|| format!("{}/{key} is not text", remote.url()))?;
         let meta = parse_metadata(&text, &format!("{}/{key}", remote.url()))?;
-        let missing: Vec<(String, PathBuf)> = meta
+        // Every file is checked here, the kept ones by reading them and the downloaded ones as they
+        // stream in, so the restore loads the checkpoint without reading its files again.
+        let missing: Vec<(String, PathBuf, u64, String)> = meta
             .files()
             .filter(|f| {
                 let local = self.base.join(&f.path);
                 !checksum_file(&local).is_ok_and(|(size, sum)| size == f.size && sum == f.xxh3)
             })
-            .map(|f| (f.path.clone(), self.base.join(&f.path)))
+            .map(|f| (f.path.clone(), self.base.join(&f.path), f.size, f.xxh3.clone()))
             .collect();
         if !missing.is_empty() {
             tracing::info!(checkpoint = id, files = missing.len(), from = remote.url(), "downloading a checkpoint");
@@ -452,7 +458,7 @@ pub fn local_snapshot(location: &Location, scratch: &Path) -> Result<PathBuf> {
     if scratch.exists() {
         std::fs::remove_dir_all(scratch).with_context(|| format!("clearing {}", scratch.display()))?;
     }
-    remote.download(meta.files().map(|f| (f.path.clone(), scratch.join(&f.path))).collect())?;
+    remote.download(meta.files().map(|f| (f.path.clone(), scratch.join(&f.path), f.size, f.xxh3.clone())).collect())?;
     std::fs::create_dir_all(scratch)?;
     write_atomic(&scratch.join(METADATA_FILE), text.as_bytes())?;
     Ok(scratch.to_path_buf())
