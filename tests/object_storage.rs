@@ -218,7 +218,8 @@ fn restores_download_verify_and_skip_what_is_broken_on_the_store() {
     assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
     let listing = String::from_utf8_lossy(&listing.stdout).to_string();
     let line = |id: &str| listing.lines().find(|l| l.split_whitespace().nth(1) == Some(id)).unwrap_or("").to_string();
-    assert!(line("1").starts_with("race") && line("1").ends_with("complete"), "{listing}");
+    assert!(line("1").starts_with("race") && line("1").contains(" complete"), "{listing}");
+    assert!(line("1").ends_with("<- --restore latest"), "the restore skips the broken one:\n{listing}");
     assert!(line("2").contains("broken:") && line("2").contains("000011.sst"), "{listing}");
 
     // ... while the machine that already holds a verified copy downloads nothing and keeps 2:

@@ -175,6 +175,14 @@ fn savepoints_restore_at_other_parallelisms_and_the_cli_shows_their_real_state()
     assert!(text.contains("operator auction-windows") && text.contains("key groups 64..=127"), "{text}");
     let listing = cli(&["checkpoints", "list", chk.to_str().unwrap()]);
     assert!(listing.contains("complete"), "{listing}");
+    assert_eq!(listing.lines().filter(|l| l.ends_with("<- --restore latest")).count(), 1, "{listing}");
+    // Complete checkpoints show their trigger time in UTC (`2026-12-04 02:36:33`).
+    for line in listing.lines().filter(|l| l.contains(" complete")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (date, time) = (fields[2].as_bytes(), fields[3].as_bytes());
+        assert!(date.len() == 10 && date[4] == b'-' && date[7] == b'-', "{line}");
+        assert!(time.len() == 8 && time[2] == b':' && time[5] == b':', "{line}");
+    }
 
     // Resume from the stop savepoint at parallelism 1 and 3: the same final result.
     for p2 in ["1", "3"] {
@@ -379,6 +387,10 @@ fn a_truncated_checkpoint_is_skipped_for_the_previous_one() {
         std::fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(len / 2).unwrap();
         let listing = cli(&["checkpoints", "list", chk.to_str().unwrap()]);
         assert!(listing.contains("broken"), "the list shows the broken checkpoint:\n{listing}");
+        // ... and marks the one a restore takes instead.
+        let picked = listing.lines().find(|l| l.ends_with("<- --restore latest")).unwrap_or_default();
+        let previous_id = complete[complete.len() - 2].0.to_string();
+        assert_eq!(picked.split_whitespace().nth(1), Some(previous_id.as_str()), "{listing}");
         let o = Command::new(example("auction_windows")).args(&base).env("RUST_LOG", "info").output().unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{stderr}");

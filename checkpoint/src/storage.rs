@@ -19,7 +19,7 @@
 //! stores have no rename, so checkpoint ids are reserved and `_metadata` committed with create-only
 //! puts: of two coordinators (a stale one and a new one), exactly one commits an id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -339,6 +339,11 @@ pub struct Listed {
     pub id: u64,
     /// Files its metadata references, and their bytes (unknown without readable metadata).
     pub files: Option<(u64, u64)>,
+    /// When it was triggered (epoch ms; unknown without readable metadata).
+    pub triggered: Option<i64>,
+    /// Bytes of the files the previous listed checkpoint with metadata did not reference: what
+    /// this one stored anew.
+    pub new_bytes: Option<u64>,
     /// `complete`, `incomplete` (no `_metadata`: in progress or abandoned) or `broken: <why>`.
     pub status: String,
 }
@@ -352,12 +357,14 @@ impl CheckpointStorage {
             None => None,
         };
         let mut out = Vec::new();
+        let mut previous: HashSet<String> = HashSet::new();
+        let unknown = |id: u64, status: String| Listed { id, files: None, triggered: None, new_bytes: None, status };
         for (id, dir) in self.list()? {
             let meta = match (&self.remote, &stored) {
                 (Some(remote), Some(keys)) => {
                     let key = format!("chk-{id}/{METADATA_FILE}");
                     if !keys.contains_key(&key) {
-                        out.push(Listed { id, files: None, status: "incomplete".into() });
+                        out.push(unknown(id, "incomplete".into()));
                         continue;
                     }
                     let bytes = remote.get(&key)?.unwrap_or_default();
@@ -365,7 +372,7 @@ impl CheckpointStorage {
                 }
                 _ => {
                     if !dir.join(METADATA_FILE).exists() {
-                        out.push(Listed { id, files: None, status: "incomplete".into() });
+                        out.push(unknown(id, "incomplete".into()));
                         continue;
                     }
                     crate::metadata::read_metadata(&dir)
@@ -374,11 +381,13 @@ impl CheckpointStorage {
             let meta = match meta {
                 Ok(m) => m,
                 Err(e) => {
-                    out.push(Listed { id, files: None, status: format!("broken: {e:#}") });
+                    out.push(unknown(id, format!("broken: {e:#}")));
                     continue;
                 }
             };
             let files = meta.files().fold((0, 0), |(n, b), f| (n + 1, b + f.size));
+            let new_bytes = meta.files().filter(|f| !previous.contains(&f.path)).map(|f| f.size).sum();
+            previous = meta.files().map(|f| f.path.clone()).collect();
             let problem = match &stored {
                 Some(keys) => meta
                     .files()
@@ -387,7 +396,13 @@ impl CheckpointStorage {
                 None => load(&dir).err().map(|e| format!("{e:#}")),
             };
             let status = problem.map_or_else(|| "complete".to_string(), |p| format!("broken: {p}"));
-            out.push(Listed { id, files: Some(files), status });
+            out.push(Listed {
+                id,
+                files: Some(files),
+                triggered: Some(meta.timestamp),
+                new_bytes: Some(new_bytes),
+                status,
+            });
         }
         Ok(out)
     }

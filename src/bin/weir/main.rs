@@ -112,18 +112,30 @@ enum SavepointCommand {
 fn list(location: &Location) -> Result<()> {
     let mirror = tempfile::tempdir()?;
     let jobs = jobs_at(location, mirror.path())?;
-    println!("{:<24} {:>8} {:<10} {:>10} {:>12}  status", "job", "id", "kind", "files", "bytes");
+    println!(
+        "{:<24} {:>8} {:<20} {:>7} {:>12} {:>12}  status",
+        "job", "id", "triggered (UTC)", "files", "bytes", "new bytes"
+    );
     for (name, storage) in jobs {
-        for c in storage.describe()? {
-            let (kind, files, bytes) = match c.files {
-                Some((n, b)) => ("checkpoint", n.to_string(), b.to_string()),
-                None if c.status == "incomplete" => ("-", "-".into(), "-".into()),
-                None => ("checkpoint", "-".into(), "-".into()),
-            };
-            println!("{name:<24} {:>8} {kind:<10} {files:>10} {bytes:>12}  {}", c.id, c.status);
+        let listed = storage.describe()?;
+        // What `--restore latest` takes: the newest complete one (broken ones are skipped).
+        let pick = listed.iter().rev().find(|c| c.status == "complete").map(|c| c.id);
+        for c in listed {
+            let dash = || "-".to_string();
+            let triggered = c.triggered.map_or_else(dash, utc);
+            let (files, bytes) = c.files.map_or_else(|| (dash(), dash()), |(n, b)| (n.to_string(), b.to_string()));
+            let new = c.new_bytes.map_or_else(dash, |b| b.to_string());
+            let restore = if Some(c.id) == pick { "  <- --restore latest" } else { "" };
+            println!("{name:<24} {:>8} {triggered:<20} {files:>7} {bytes:>12} {new:>12}  {}{restore}", c.id, c.status);
         }
     }
     Ok(())
+}
+
+/// Epoch milliseconds as `2026-12-04 02:33:12`.
+fn utc(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string().trim_end_matches('Z').replace('T', " ")
 }
 
 /// The newest complete checkpoint of the one job at `location`, or the savepoint or `chk-N`
