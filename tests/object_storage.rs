@@ -354,7 +354,7 @@ fn savepoints_on_s3_are_inspected_and_restored_on_a_new_machine() {
     assert!(job.child.wait().unwrap().success(), "stop with savepoint exits 0:\n{}", job.log());
     let saved: Vec<String> =
         bucket.list("sp/").into_iter().filter_map(|(k, _)| k.strip_suffix("/_metadata").map(String::from)).collect();
-    assert_eq!(saved.len(), 1, "one savepoint on the store: {saved:?}");
+    assert_eq!(saved.len(), 1, "one savepoint on the store: {saved:?}\n{}", job.log());
     let url = format!("s3://{}/{}", bucket.name, saved[0]);
     assert!(sorted_rows(&out).len() < sorted_rows(&reference).len(), "stopped before the end");
 

@@ -90,7 +90,15 @@ pub(crate) fn io_thread(
                         Some(root) => Some(storage.write_savepoint(&meta, &root)?),
                         None => None,
                     };
-                    storage.retain(retain)?;
+                    // The checkpoint is committed: a failed cleanup must not fail it (a stop-with-
+                    // savepoint would take a second savepoint); the next checkpoint retries it.
+                    if let Err(e) = storage.retain(retain) {
+                        tracing::warn!(
+                            checkpoint = id,
+                            error = format!("{e:#}"),
+                            "retention failed; retried after the next checkpoint"
+                        );
+                    }
                     Ok(sp)
                 })();
                 match r {
