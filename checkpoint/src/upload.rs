@@ -37,7 +37,6 @@ pub struct Uploaded {
 /// A multipart upload being written, through [`std::io::Write`]: bytes are cut into parts of
 /// [`PART_SIZE`] that are uploaded on the object-store runtime while the writer goes on.
 pub struct PartUpload {
-    key: String,
     url: String,
     buf: Vec<u8>,
     size: u64,
@@ -88,7 +87,7 @@ impl Remote {
                 }
             }
         });
-        Ok(PartUpload { key: key.to_string(), url, buf: Vec::new(), size: 0, parts: Some(tx), task: Some(task) })
+        Ok(PartUpload { url, buf: Vec::new(), size: 0, parts: Some(tx), task: Some(task) })
     }
 
     /// Makes an upload visible. Idempotent, as a restore repeats commits that may have run: when
@@ -182,11 +181,6 @@ impl PartUpload {
         let up = self.join()?;
         anyhow::ensure!(up.size == self.size, "{}: {} bytes written, {} uploaded", self.url, self.size, up.size);
         Ok(up)
-    }
-
-    /// The key being uploaded.
-    pub fn key(&self) -> &str {
-        &self.key
     }
 }
 
