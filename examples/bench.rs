@@ -50,6 +50,11 @@ struct Cli {
     /// record, on the local disk and on --object-store; 0 skips it.
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     restore_mib: u64,
+
+    /// An `auction_windows` binary of another build (say, before a change): the checkpoint
+    /// comparison runs it too, interleaved with this build's runs, as rows marked "before".
+    #[arg(long, value_name = "PATH")]
+    before: Option<PathBuf>,
 }
 
 struct Run {
@@ -191,24 +196,30 @@ fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
 /// store if asked), with checkpoint durations and sizes.
 fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     println!("\nCheckpoints (generator, {} bids, parallelism 2, median of {} runs):\n", cli.checkpoint_bids, cli.runs);
-    println!("| checkpoints | bids/s | vs off | taken per run | duration p50 ms | duration max ms | size p50 MiB | incremental p50 MiB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| checkpoints | bids/s | vs off | taken per run | duration p50 ms | duration max ms | sync p50 ms | sync p99 ms | size p50 MiB | incremental p50 MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |b: f64| b / (1u64 << 20) as f64;
-    // (label, interval, object-store location)
-    let mut settings: Vec<(String, Option<&str>, Option<&str>)> = vec![("off".into(), None, None)];
+    // (label, interval, object-store location, job binary)
+    let mut settings: Vec<(String, Option<&str>, Option<&str>, &Path)> = vec![("off".into(), None, None, job)];
     for iv in &cli.checkpoint_intervals {
-        settings.push((iv.clone(), Some(iv), None));
+        settings.push((iv.clone(), Some(iv), None, job));
     }
     if let Some(url) = cli.object_store.as_deref() {
         for iv in &cli.checkpoint_intervals {
-            settings.push((format!("{iv}, {url}"), Some(iv), Some(url)));
+            settings.push((format!("{iv}, {url}"), Some(iv), Some(url), job));
         }
+    }
+    if let Some(before) = cli.before.as_deref() {
+        let ours = settings.clone();
+        settings.extend(ours.into_iter().map(|(label, iv, url, _)| (format!("before: {label}"), iv, url, before)));
     }
     // Runs of the settings alternate, so that noise on a shared machine hits all alike.
     let mut secs = vec![Vec::new(); settings.len()];
     let mut stats = vec![(Vec::new(), Vec::new(), Vec::new()); settings.len()];
+    // Every subtask's synchronous part of every periodic checkpoint.
+    let mut sync = vec![Vec::new(); settings.len()];
     for r in 0..cli.runs {
-        for (k, (_, interval, remote)) in settings.iter().enumerate() {
+        for (k, (_, interval, remote, job)) in settings.iter().enumerate() {
             let out = dir.join(format!("cp-out-{r}"));
             let chk = dir.join(format!("cp-chk-{r}"));
             let mut cmd = Command::new(job);
@@ -232,6 +243,7 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             let taken: Vec<_> = watch.finish().into_iter().filter(|c| !c.terminal).collect();
             secs[k].push(run?.secs);
             for c in taken {
+                sync[k].extend(c.subtasks.iter().map(|s| s.sync_ms));
                 stats[k].0.push(c.duration_ms);
                 stats[k].1.push(mib(c.size_bytes));
                 stats[k].2.push(mib(c.incremental_bytes));
@@ -242,16 +254,18 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
         }
     }
     let off = cli.checkpoint_bids as f64 / median(secs[0].clone());
-    for (k, (label, _, _)) in settings.iter().enumerate() {
+    for (k, (label, _, _, _)) in settings.iter().enumerate() {
         let rate = cli.checkpoint_bids as f64 / median(secs[k].clone());
         let (d, s, i) = stats[k].clone();
         println!(
-            "| {} | {rate:.0} | {:+.1} % | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            "| {} | {rate:.0} | {:+.1} % | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
             label,
             (rate / off - 1.0) * 100.0,
             d.len() as f64 / cli.runs as f64,
             percentile(d.clone(), 0.5),
             percentile(d, 1.0),
+            percentile(sync[k].clone(), 0.5),
+            percentile(sync[k].clone(), 0.99),
             percentile(s, 0.5),
             percentile(i, 0.5),
         );

@@ -25,6 +25,19 @@ pub struct CheckpointStat {
     #[serde(default)]
     pub terminal: bool,
     pub savepoint: Option<String>,
+    /// The slowest subtask's synchronous part (its task thread not processing records).
+    #[serde(default)]
+    pub sync_ms: f64,
+    #[serde(default)]
+    pub subtasks: Vec<SubtaskStat>,
+}
+
+/// One subtask's part of a checkpoint.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct SubtaskStat {
+    pub operator: String,
+    pub subtask: usize,
+    pub sync_ms: f64,
 }
 
 /// Polls a job's `/checkpoints` on a thread until [`finish`](Self::finish), keeping every entry it

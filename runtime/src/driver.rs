@@ -184,13 +184,20 @@ impl<D: DriverOp> Downstream for OperatorDriver<D> {
                 Some(b) => (Some(cp.snapshot_backend(b, &info.uid, info.subtask, id)?), Some(b.key_group_range())),
                 None => (None, None),
             };
+            let async_parts = std::mem::take(&mut env.ctx.async_parts);
             crate::fault::crash_point("mid-snapshot", id);
             self.forward_all(|d| d.barrier(barrier))?;
             let watermark = self.env.ctx.watermark;
             let timing = crate::checkpointing::SnapshotTiming::since(started, cp.stats.alignment_ms(id));
-            cp.ack(id, info.subtask, LocalSnapshot { local_db, operator_state: state, watermark, key_groups, timing });
+            let snapshot =
+                LocalSnapshot { local_db, async_parts, operator_state: state, watermark, key_groups, timing };
+            cp.ack(id, info.subtask, snapshot);
             Ok(())
         } else {
+            // Without checkpoints nothing waits for asynchronous parts: run them now.
+            for part in std::mem::take(&mut self.env.ctx.async_parts) {
+                part()?;
+            }
             self.forward_all(|d| d.barrier(barrier))
         }
     }

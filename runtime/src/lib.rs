@@ -46,8 +46,8 @@ pub use error::Cancelled;
 pub use exec::JobResult;
 pub use metrics::JobMetrics;
 pub use operator::{
-    CoOperator, Collector, Counter, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator, Operator,
-    OperatorContext, OutputTag, SideOutputs, TaskInfo,
+    AsyncSnapshotPart, CoOperator, Collector, Counter, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator,
+    Operator, OperatorContext, OutputTag, SideOutputs, TaskInfo,
 };
 pub use source::{Source, SourceOutput, SourcePoll, SourceReader};
 pub use time::{now_millis, WatermarkStrategy};

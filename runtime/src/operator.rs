@@ -9,7 +9,7 @@ use anyhow::Result;
 
 pub use crate::collector::{Collector, OutputTag, SideOutputs};
 use crate::element::{Data, Record};
-pub use crate::operator_context::{Counter, FiredTimer, KeyedContext, OperatorContext, TaskInfo};
+pub use crate::operator_context::{AsyncSnapshotPart, Counter, FiredTimer, KeyedContext, OperatorContext, TaskInfo};
 
 /// A one-input operator without keyed state (map, filter, sinks, ...).
 pub trait Operator: 'static {

@@ -35,7 +35,13 @@ pub struct OperatorContext {
     pub(crate) watermark: i64,
     pub(crate) processing_timer: Option<i64>,
     pub(crate) metrics: MetricGroup,
+    /// Asynchronous parts of the snapshot being taken (see [`Self::snapshot_async`]).
+    pub(crate) async_parts: Vec<AsyncSnapshotPart>,
 }
+
+/// Work a checkpoint cannot complete without that runs off the task thread (see
+/// [`OperatorContext::snapshot_async`]).
+pub type AsyncSnapshotPart = Box<dyn FnOnce() -> Result<()> + Send>;
 
 impl OperatorContext {
     pub(crate) fn new(info: TaskInfo, metrics: MetricGroup, checkpointing: bool) -> Self {
@@ -46,6 +52,7 @@ impl OperatorContext {
             watermark: i64::MIN,
             processing_timer: None,
             metrics,
+            async_parts: Vec::new(),
         }
     }
 
@@ -78,6 +85,15 @@ impl OperatorContext {
     /// wins until it fired.
     pub fn request_processing_time(&mut self, ts: i64) {
         self.processing_timer = Some(self.processing_timer.map_or(ts, |t| t.min(ts)));
+    }
+
+    /// From `snapshot_state`: hands the runtime work that the checkpoint being taken cannot
+    /// complete without but that need not stop the task, such as fsyncing the files a sink closed
+    /// at the barrier (Flink's asynchronous snapshot part). The runtime runs it on the checkpoint
+    /// I/O thread before it stores this subtask's snapshot; an error fails the checkpoint. Work
+    /// of a checkpoint that is abandoned still runs, since later checkpoints may build on it.
+    pub fn snapshot_async(&mut self, work: impl FnOnce() -> Result<()> + Send + 'static) {
+        self.async_parts.push(Box::new(work));
     }
 
     /// A counter reported with the job's metrics as `<uid>.<name>`, summed over subtasks.

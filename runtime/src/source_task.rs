@@ -267,6 +267,7 @@ impl<T: Data> SourceRun<T> {
         };
         let snapshot = LocalSnapshot {
             local_db: None,
+            async_parts: Vec::new(),
             operator_state: Some(serde_json::to_vec(&state)?),
             watermark: self.last_wm,
             key_groups: None,

@@ -244,9 +244,13 @@ impl<In: Data, Out: Data> OperatorHarness<In, Out> {
         self.call(|op, env, out| op.end_input(env, out))
     }
 
-    /// Takes the snapshot of checkpoint `id`, as at its barrier.
+    /// Takes the snapshot of checkpoint `id`, as at its barrier, and runs its asynchronous parts
+    /// (as the runtime does before it stores a snapshot).
     pub fn snapshot(&mut self, id: u64) -> Result<HarnessSnapshot> {
         let operator_state = self.op.snapshot(id, &mut self.env)?;
+        for part in std::mem::take(&mut self.env.ctx.async_parts) {
+            part()?;
+        }
         let keyed = match self.env.backend.as_mut() {
             None => None,
             Some(b) => {

@@ -58,9 +58,9 @@ impl KeyedStateBackend {
     pub fn open_with(dir: &Path, range: KeyGroupRange, max_parallelism: usize, memory: &StateMemory) -> Result<Self> {
         let store = StateStore::open(dir, memory)?;
         let cache = WriteCache::new(memory.write_cache_bytes.min(DEFAULT_CACHE_BYTES));
-        let state = KeyedState::new(store, cache, range, max_parallelism)?;
+        let mut state = KeyedState::new(store, cache, range, max_parallelism)?;
         let mut timers = TimerService::default();
-        timers.load(state.store(), range)?;
+        timers.load(state.store_mut(), range)?;
         Ok(KeyedStateBackend { state, timers })
     }
 
@@ -130,8 +130,8 @@ impl KeyedStateBackend {
 
     /// Writes every cached change (state and timers) to RocksDB and empties the cache.
     pub fn flush_cache(&mut self) -> Result<()> {
-        self.timers.flush(self.state.store())?;
-        self.state.flush_cache()
+        self.state.flush_cache()?;
+        self.timers.flush(self.state.store_mut())
     }
 
     /// Registers a timer for the current key; registering the same timer twice keeps one.
@@ -164,16 +164,69 @@ impl KeyedStateBackend {
         self.state.count_entries(name)
     }
 
-    /// Writes a consistent, self-contained copy of the state (hard links where possible) to `path`.
+    /// Writes a consistent, self-contained copy of the state (hard links where possible) to
+    /// `path` and waits for it.
     pub fn checkpoint_to(&mut self, path: &Path) -> Result<()> {
-        self.flush_cache()?;
-        self.state.store().checkpoint_to(path)
+        self.begin_checkpoint(path)?.wait().map(drop)
+    }
+
+    /// Takes a checkpoint of the state as it is now into `path`, doing on the caller's thread only
+    /// what must happen before the next state change: the write cache's generation and the timer
+    /// changes are frozen (no copy, no encoding). A thread of the store's own writes them to
+    /// RocksDB and takes the RocksDB checkpoint (memtable flush, hard links) while the caller
+    /// goes on reading and changing state; its next write to RocksDB waits for that thread.
+    ///
+    /// ```
+    /// use weir_state::{KeyedStateBackend, KeyGroupRange, ValueStateDescriptor};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut backend = KeyedStateBackend::open(&dir.path().join("db"), KeyGroupRange::for_subtask(128, 1, 0), 128).unwrap();
+    /// let count = ValueStateDescriptor::<u64>::new("count");
+    /// backend.set_current_key(&"apple").unwrap();
+    /// backend.value_state(&count).unwrap().update(&1).unwrap();
+    /// let pending = backend.begin_checkpoint(&dir.path().join("chk-1")).unwrap();
+    /// // Changes after the barrier go on at once and are not part of checkpoint 1.
+    /// backend.value_state(&count).unwrap().update(&2).unwrap();
+    /// let files = pending.wait().unwrap();
+    /// let restored = KeyedStateBackend::open(&files, KeyGroupRange::for_subtask(128, 1, 0), 128);
+    /// let mut restored = restored.unwrap();
+    /// restored.set_current_key(&"apple").unwrap();
+    /// assert_eq!(restored.value_state(&count).unwrap().value().unwrap(), Some(1));
+    /// ```
+    pub fn begin_checkpoint(&mut self, path: &Path) -> Result<PendingCheckpoint> {
+        let (frozen, cold) = self.state.freeze()?;
+        let timers = self.timers.take_changes();
+        let names: Vec<String> = self.state.states().iter().map(|m| m.name.clone()).collect();
+        let (done, rx) = std::sync::mpsc::channel();
+        let write = move |db: &rocksdb::DB| -> Result<Option<rocksdb::WriteBatch>> {
+            if frozen.is_none() && timers.is_empty() {
+                drop(cold);
+                return Ok(None);
+            }
+            let mut batch = rocksdb::WriteBatch::default();
+            if let Some(frozen) = &frozen {
+                frozen.write_to(|k, v| {
+                    let name = &names[u16::from_be_bytes([k[0], k[1]]) as usize];
+                    let cf =
+                        db.cf_handle(name).ok_or_else(|| anyhow::anyhow!("state column family '{name}' is missing"))?;
+                    match v {
+                        Some(v) => batch.put_cf(cf, &k[2..], v),
+                        None => batch.delete_cf(cf, &k[2..]),
+                    }
+                    Ok(())
+                })?;
+            }
+            timers.write_into(db, &mut batch)?;
+            drop(cold);
+            Ok(Some(batch))
+        };
+        self.state.store_mut().begin_checkpoint(path.to_path_buf(), write, done)?;
+        Ok(PendingCheckpoint { done: rx })
     }
 
     /// Writes imported entries (already filtered to this backend's key groups) to the store.
     pub(crate) fn write_import(&mut self, batch: rocksdb::WriteBatch) -> Result<()> {
         self.flush_cache()?;
-        self.state.store().write(batch)
+        self.state.store_mut().write(batch)
     }
 
     pub(crate) fn store(&self) -> &StateStore {
@@ -186,6 +239,23 @@ impl KeyedStateBackend {
 
     /// Reloads the timers of this backend's key groups from the store (after an import).
     pub(crate) fn reload_timers(&mut self) -> Result<()> {
-        self.timers.load(self.state.store(), self.state.range())
+        let range = self.state.range();
+        self.timers.load(self.state.store_mut(), range)
+    }
+}
+
+/// The asynchronous part of a backend's checkpoint (see
+/// [`KeyedStateBackend::begin_checkpoint`]), for whoever stores the checkpoint's files.
+pub struct PendingCheckpoint {
+    done: std::sync::mpsc::Receiver<Result<std::path::PathBuf, String>>,
+}
+
+impl PendingCheckpoint {
+    /// Waits until the RocksDB checkpoint is complete; returns its directory.
+    pub fn wait(self) -> Result<std::path::PathBuf> {
+        match self.done.recv() {
+            Ok(r) => r.map_err(|e| anyhow::anyhow!(e)),
+            Err(_) => Err(anyhow::anyhow!("the checkpoint writer thread ended without a result")),
+        }
     }
 }

@@ -35,7 +35,7 @@ pub trait AggregateFunction: Send + Sync + 'static {
     /// The input values.
     type In;
     /// The accumulator kept in state (between checkpoints as a live object, hence `Send`).
-    type Acc: Serialize + DeserializeOwned + Send + 'static;
+    type Acc: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// The result.
     type Out;
     /// A fresh accumulator.

@@ -109,7 +109,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + 'static> ValueState<'_, T> {
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> ValueState<'_, T> {
     /// Read-modify-write in place: `f` gets the value (`None` if unset) and may change, set or
     /// take it (`None` afterwards removes it). Between checkpoints the value stays decoded in the
     /// state's write cache, so a hot key costs no decoding or encoding per call — the way to keep
@@ -274,7 +274,7 @@ pub struct ReducingState<'a, T> {
     pub(crate) reduce: ReduceFn<T>,
 }
 
-impl<T: Serialize + DeserializeOwned + Send + 'static> ReducingState<'_, T> {
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> ReducingState<'_, T> {
     /// Scopes the view to a namespace given as encoded bytes.
     pub fn in_namespace(mut self, ns: &[u8]) -> Self {
         self.inner = self.inner.in_namespace(ns);

@@ -59,6 +59,34 @@ impl KeyedState {
         &self.store
     }
 
+    pub(crate) fn store_mut(&mut self) -> &mut StateStore {
+        &mut self.store
+    }
+
+    /// Waits for the last checkpoint's writer and forgets the generation it wrote (from now on
+    /// the store answers for those keys), so that the store may take newer writes.
+    pub(crate) fn settle(&mut self) -> Result<()> {
+        self.store.settle()?;
+        self.cache.thaw();
+        Ok(())
+    }
+
+    /// Thaws the frozen generation once its writer is done, without waiting, so that hot entries
+    /// move back instead of being copied (checked before every access: an atomic load).
+    fn release_written(&mut self) -> Result<()> {
+        if self.cache.has_frozen() && self.store.writer_finished() {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the write cache for a checkpoint (see `cache.rs`): what is frozen is the state at
+    /// the barrier that the store lacks, and the task goes on with an empty generation.
+    pub(crate) fn freeze(&mut self) -> Result<(Option<std::sync::Arc<crate::cache::Frozen>>, crate::cache::Cold)> {
+        self.settle()?;
+        Ok(self.cache.freeze())
+    }
+
     pub(crate) fn range(&self) -> KeyGroupRange {
         self.range
     }
@@ -148,6 +176,8 @@ impl KeyedState {
 
     /// Writes every cached state change to the store in one batch and empties the cache.
     pub(crate) fn flush_cache(&mut self) -> Result<()> {
+        // The frozen generation goes first: what follows is newer.
+        self.settle()?;
         if self.cache.is_empty() {
             return Ok(());
         }
@@ -161,7 +191,7 @@ impl KeyedState {
             }
             Ok(())
         })?;
-        store.write(batch)
+        self.store.write(batch)
     }
 
     fn flush_if_full(&mut self) -> Result<()> {
@@ -183,6 +213,7 @@ impl KeyedState {
         if self.key.is_empty() {
             bail!("keyed state accessed without a current key");
         }
+        self.release_written()?;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         buf.extend_from_slice(&(id as u16).to_be_bytes());
@@ -205,7 +236,7 @@ impl KeyedState {
         f: impl FnOnce(&mut Option<T>) -> R,
     ) -> Result<R>
     where
-        T: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         // Without a write cache (limit 0) this still works: the new object is flushed at once.
         self.with_full_key(id, ns, extra, |s, k| {
@@ -245,7 +276,7 @@ impl KeyedState {
             let r = f(v.as_deref())?;
             if s.cache.enabled() {
                 let stored = v.is_some();
-                s.cache.put(k, v, false, stored);
+                s.cache.put(k, v, false, stored)?;
                 s.flush_if_full()?;
             }
             Ok(r)
@@ -256,7 +287,7 @@ impl KeyedState {
     pub(crate) fn raw_put(&mut self, id: usize, ns: &[u8], extra: &[u8], value: Vec<u8>) -> Result<()> {
         self.with_full_key(id, ns, extra, |s, k| {
             if s.cache.enabled() {
-                s.cache.put(k, Some(value), true, true);
+                s.cache.put(k, Some(value), true, true)?;
                 return s.flush_if_full();
             }
             s.store.put(&s.states[id].name, &k[2..], value)
@@ -268,6 +299,15 @@ impl KeyedState {
             if s.cache.append(k, value)? {
                 return s.flush_if_full();
             }
+            if s.cache.enabled() && !s.store.writer_finished() {
+                // A checkpoint's writer owns the store for now: append to what it holds at the
+                // barrier in the cache instead of waiting (the key is in no frozen generation).
+                let cf = s.store.cf(&s.states[id].name)?;
+                let mut merged = s.store.db().get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec()).unwrap_or_default();
+                merged.extend_from_slice(value);
+                s.cache.put(k, Some(merged), true, true)?;
+                return s.flush_if_full();
+            }
             s.store.merge(&s.states[id].name, &k[2..], value)
         })
     }
@@ -275,7 +315,7 @@ impl KeyedState {
     pub(crate) fn raw_delete(&mut self, id: usize, ns: &[u8], extra: &[u8]) -> Result<()> {
         self.with_full_key(id, ns, extra, |s, k| {
             if s.cache.enabled() {
-                s.cache.put(k, None, true, true);
+                s.cache.put(k, None, true, true)?;
                 return s.flush_if_full();
             }
             s.store.delete(&s.states[id].name, &k[2..])

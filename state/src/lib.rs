@@ -25,7 +25,7 @@ pub mod snapshot;
 mod store;
 mod timers;
 
-pub use backend::KeyedStateBackend;
+pub use backend::{KeyedStateBackend, PendingCheckpoint};
 pub use cache::DEFAULT_CACHE_BYTES;
 pub use descriptors::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,

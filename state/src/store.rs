@@ -8,6 +8,8 @@
 //! comes from checkpoints, which are RocksDB checkpoints (hard links) of this directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options, WriteOptions, DB};
@@ -40,10 +42,23 @@ pub(crate) fn cf_options() -> Options {
 
 /// One backend's RocksDB database.
 pub(crate) struct StateStore {
-    db: DB,
+    /// Shared with the thread that finishes a checkpoint (see [`Self::begin_checkpoint`]).
+    db: Arc<DB>,
     dir: PathBuf,
     wo: WriteOptions,
     memory: StateMemory,
+    /// The writer of the last checkpoint, while it may still run: it writes the frozen write
+    /// cache and then checkpoints the database, so nothing else may write until it is done.
+    writer: Option<JoinHandle<Result<()>>>,
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        // The writer holds the database open; whoever reopens the directory next needs it closed.
+        if let Err(e) = self.settle() {
+            tracing::warn!(error = %e, "the last checkpoint's writer failed");
+        }
+    }
 }
 
 impl StateStore {
@@ -60,9 +75,57 @@ impl StateStore {
         let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, memory.cf_options()));
         let db = DB::open_cf_descriptors(&memory.db_options(), dir, descriptors)
             .with_context(|| format!("opening RocksDB state in {}", dir.display()))?;
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        Ok(StateStore { db, dir: dir.to_path_buf(), wo, memory: memory.clone() })
+        let wo = no_wal();
+        Ok(StateStore { db: Arc::new(db), dir: dir.to_path_buf(), wo, memory: memory.clone(), writer: None })
+    }
+
+    /// Waits for the last checkpoint's writer, if any; true if there was one. Its error (the
+    /// frozen write cache did not reach the database) is this store's error: state is lost.
+    pub(crate) fn settle(&mut self) -> Result<bool> {
+        let Some(writer) = self.writer.take() else { return Ok(false) };
+        match writer.join() {
+            Ok(r) => r.context("writing a checkpoint's state changes to RocksDB").map(|()| true),
+            Err(_) => Err(anyhow!("the checkpoint writer thread panicked")),
+        }
+    }
+
+    /// Whether the last checkpoint's writer has finished (so [`settle`](Self::settle) will not wait).
+    pub(crate) fn writer_finished(&self) -> bool {
+        self.writer.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Starts the asynchronous part of a checkpoint on a thread of its own: `write` puts the
+    /// changes the task froze at the barrier into the database, then a RocksDB checkpoint (memtable
+    /// flush and hard links) goes to `path`, and `done` learns where (or why not). Until that
+    /// thread is done, every write to this store waits for it ([`settle`](Self::settle)), so the
+    /// checkpoint holds exactly the state at the barrier.
+    pub(crate) fn begin_checkpoint(
+        &mut self,
+        path: PathBuf,
+        write: impl FnOnce(&DB) -> Result<Option<rocksdb::WriteBatch>> + Send + 'static,
+        done: std::sync::mpsc::Sender<Result<PathBuf, String>>,
+    ) -> Result<()> {
+        self.settle()?;
+        let db = self.db.clone();
+        let wo = no_wal();
+        let writer = std::thread::Builder::new()
+            .name("weir-checkpoint-writer".into())
+            .spawn(move || {
+                let written = write(&db).and_then(|batch| match batch {
+                    Some(b) => Ok(db.write_opt(b, &wo)?),
+                    None => Ok(()),
+                });
+                let checkpoint = match &written {
+                    Ok(()) => checkpoint_db(&db, &path).map(|()| path).map_err(|e| format!("{e:#}")),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                // Nobody waiting for the checkpoint (a failed attempt) is no error here.
+                let _ = done.send(checkpoint);
+                written
+            })
+            .context("starting the checkpoint writer thread")?;
+        self.writer = Some(writer);
+        Ok(())
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -90,8 +153,11 @@ impl StateStore {
 
     /// Creates the column family of a newly declared state and records its description.
     pub(crate) fn declare(&mut self, meta: &StateMeta) -> Result<()> {
+        self.settle()?;
         if self.db.cf_handle(&meta.name).is_none() {
-            self.db.create_cf(&meta.name, &self.memory.cf_options())?;
+            // Settled: the writer thread, the only other holder, has ended.
+            let db = Arc::get_mut(&mut self.db).ok_or_else(|| anyhow!("the state store is shared"))?;
+            db.create_cf(&meta.name, &self.memory.cf_options())?;
         }
         let cf = self.cf(META_CF)?;
         self.db.put_cf_opt(cf, meta.name.as_bytes(), serde_json::to_vec(meta)?, &self.wo)?;
@@ -99,19 +165,23 @@ impl StateStore {
     }
 
     /// Writes a batch (without WAL: checkpoints make state durable).
-    pub(crate) fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+    pub(crate) fn write(&mut self, batch: rocksdb::WriteBatch) -> Result<()> {
+        self.settle()?;
         Ok(self.db.write_opt(batch, &self.wo)?)
     }
 
-    pub(crate) fn put(&self, cf: &str, key: &[u8], value: Vec<u8>) -> Result<()> {
+    pub(crate) fn put(&mut self, cf: &str, key: &[u8], value: Vec<u8>) -> Result<()> {
+        self.settle()?;
         Ok(self.db.put_cf_opt(self.cf(cf)?, key, value, &self.wo)?)
     }
 
-    pub(crate) fn merge(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(crate) fn merge(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.settle()?;
         Ok(self.db.merge_cf_opt(self.cf(cf)?, key, value, &self.wo)?)
     }
 
-    pub(crate) fn delete(&self, cf: &str, key: &[u8]) -> Result<()> {
+    pub(crate) fn delete(&mut self, cf: &str, key: &[u8]) -> Result<()> {
+        self.settle()?;
         Ok(self.db.delete_cf_opt(self.cf(cf)?, key, &self.wo)?)
     }
 
@@ -143,12 +213,18 @@ impl StateStore {
         it.status()?;
         Ok(n)
     }
+}
 
-    /// A consistent, self-contained copy of the database (hard links where possible) at `path`.
-    /// RocksDB flushes the memtables first, so this is safe with the WAL disabled.
-    pub(crate) fn checkpoint_to(&self, path: &Path) -> Result<()> {
-        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-        cp.create_checkpoint(path).with_context(|| format!("creating RocksDB checkpoint at {}", path.display()))?;
-        Ok(())
-    }
+fn no_wal() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    wo
+}
+
+/// A consistent, self-contained copy of the database (hard links where possible) at `path`.
+/// RocksDB flushes the memtables first, so this is safe with the WAL disabled.
+fn checkpoint_db(db: &DB, path: &Path) -> Result<()> {
+    let cp = rocksdb::checkpoint::Checkpoint::new(db)?;
+    cp.create_checkpoint(path).with_context(|| format!("creating RocksDB checkpoint at {}", path.display()))?;
+    Ok(())
 }

@@ -66,6 +66,32 @@ enum TimerChange {
     Delete,
 }
 
+/// Timer changes taken from the service, to be written into the store's timer column family.
+pub(crate) struct TimerChanges(rustc_hash::FxHashMap<Vec<u8>, TimerChange>);
+
+impl TimerChanges {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds the changes to `batch`.
+    pub(crate) fn write_into(&self, db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let cf = db.cf_handle(TIMERS_CF).ok_or_else(|| anyhow::anyhow!("the timer column family is missing"))?;
+        for (k, change) in &self.0 {
+            match change {
+                TimerChange::New { key_len } | TimerChange::Put { key_len } => {
+                    batch.put_cf(cf, k, key_len.to_be_bytes())
+                }
+                TimerChange::Delete => batch.delete_cf(cf, k),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The timers of one keyed subtask (see the module comment).
 #[derive(Default)]
 pub struct TimerService {
@@ -156,27 +182,25 @@ impl TimerService {
     }
 
     /// Writes the changes since the last flush to the store in one batch.
-    pub(crate) fn flush(&mut self, store: &StateStore) -> Result<()> {
-        if self.changes.is_empty() {
+    pub(crate) fn flush(&mut self, store: &mut StateStore) -> Result<()> {
+        let changes = self.take_changes();
+        if changes.is_empty() {
             return Ok(());
         }
-        let cf = store.cf(TIMERS_CF)?;
         let mut batch = rocksdb::WriteBatch::default();
-        for (k, change) in self.changes.iter() {
-            match change {
-                TimerChange::New { key_len } | TimerChange::Put { key_len } => {
-                    batch.put_cf(cf, k, key_len.to_be_bytes())
-                }
-                TimerChange::Delete => batch.delete_cf(cf, k),
-            }
-        }
-        store.write(batch)?;
-        self.changes.clear();
-        Ok(())
+        changes.write_into(store.db(), &mut batch)?;
+        store.write(batch)
+    }
+
+    /// Takes the changes since the last flush, for a checkpoint to write off the task thread.
+    /// Later changes are relative to a store that has these: a timer registered before and
+    /// deleted after is written as a deletion.
+    pub(crate) fn take_changes(&mut self) -> TimerChanges {
+        TimerChanges(std::mem::take(&mut self.changes))
     }
 
     /// Replaces the timers in memory by the stored timers of the key groups in `range`.
-    pub(crate) fn load(&mut self, store: &StateStore, range: KeyGroupRange) -> Result<()> {
+    pub(crate) fn load(&mut self, store: &mut StateStore, range: KeyGroupRange) -> Result<()> {
         self.flush(store)?;
         self.event.clear();
         self.processing.clear();

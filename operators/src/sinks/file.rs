@@ -18,10 +18,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use weir_checkpoint::Location;
-use weir_runtime::{Data, OperatorContext, TaskInfo};
+use weir_runtime::{AsyncSnapshotPart, Data, OperatorContext, TaskInfo};
 
 use super::parquet::ParquetPart;
-use super::part_store::{PartFile, PartName, PartStore, PendingFile};
+use super::part_store::{sync_files, PartFile, PartName, PartStore, PendingFile};
 use super::two_phase::{SinkSnapshot, TwoPhaseCommitOperator, TwoPhaseCommitSink};
 
 /// The format of part files.
@@ -134,6 +134,7 @@ impl<T: Data + Serialize> FileSink<T> {
             seq: 0,
             base: 0,
             parquet_schema: None,
+            unsynced: Vec::new(),
         };
         TwoPhaseCommitOperator::new(writer, info.subtask)
     }
@@ -201,6 +202,8 @@ pub struct FileSinkWriter<T> {
     /// The last barrier this subtask passed (or the restored checkpoint).
     base: u64,
     parquet_schema: Option<super::parquet::Schema>,
+    /// Files the last barrier closed, for its snapshot's asynchronous part to fsync.
+    unsynced: Vec<(std::fs::File, String)>,
 }
 
 /// `rel` under the output location, for messages.
@@ -298,11 +301,18 @@ impl<T: Data + Serialize> TwoPhaseCommitSink for FileSinkWriter<T> {
     fn pre_commit(&mut self, checkpoint: u64, _pending: &[PendingFile]) -> Result<Vec<PendingFile>> {
         self.base = checkpoint;
         let mut closed = Vec::new();
+        let mut unsynced = std::mem::take(&mut self.unsynced);
         for (bucket, (w, rel)) in std::mem::take(&mut self.writers) {
             let file = w.close().with_context(|| format!("closing {}", show(&self.store, &rel)))?;
-            closed.push(self.store()?.stage(file, rel, &self.name(&bucket), checkpoint)?);
+            closed.push(self.store()?.stage(file, rel, &self.name(&bucket), checkpoint, &mut unsynced)?);
         }
+        self.unsynced = unsynced;
         Ok(closed)
+    }
+
+    fn pre_commit_async(&mut self) -> Option<AsyncSnapshotPart> {
+        let files = std::mem::take(&mut self.unsynced);
+        (!files.is_empty()).then(|| Box::new(move || sync_files(files)) as AsyncSnapshotPart)
     }
 
     fn meta(&self) -> FileSinkMeta {

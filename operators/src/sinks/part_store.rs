@@ -153,12 +153,21 @@ impl PartStore {
         }
     }
 
-    /// Barrier `checkpoint`: finishes a file of [`PartStore::create_staged`] (fsynced, or every
-    /// part uploaded) as a transaction of that checkpoint.
-    pub(crate) fn stage(&self, file: PartFile, rel: String, n: &PartName, checkpoint: u64) -> Result<PendingFile> {
+    /// Barrier `checkpoint`: finishes a file of [`PartStore::create_staged`] as a transaction of
+    /// that checkpoint. A local file is closed but not yet durable: it joins `unsynced`, which
+    /// the checkpoint fsyncs off the task thread ([`sync_files`]); an upload has every part
+    /// uploaded.
+    pub(crate) fn stage(
+        &self,
+        file: PartFile,
+        rel: String,
+        n: &PartName,
+        checkpoint: u64,
+        unsynced: &mut Vec<(File, String)>,
+    ) -> Result<PendingFile> {
         Ok(match file {
             PartFile::Local(f) => {
-                f.sync_all().with_context(|| format!("syncing {}", self.show(&rel)))?;
+                unsynced.push((f, self.show(&rel)));
                 let visible = n.in_bucket(format!("part-{:05}-{checkpoint:06}.{}", n.subtask, n.ext));
                 PendingFile { checkpoint, hidden: rel, visible, upload: None }
             }
@@ -267,6 +276,15 @@ fn create_file(path: &Path) -> Result<File> {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     File::create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Fsyncs closed part files (named for messages): the asynchronous part of a local file sink's
+/// checkpoint.
+pub(crate) fn sync_files(files: Vec<(File, String)>) -> Result<()> {
+    for (f, name) in files {
+        f.sync_all().with_context(|| format!("syncing {name}"))?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -6,7 +6,8 @@
 //! what a restored snapshot left. [`TwoPhaseCommitOperator`] does the rest, the same for all:
 //!
 //! * at barrier `n` it asks the sink to pre-commit and keeps the transaction as pending for `n`,
-//!   in the checkpoint, beside the sink's own metadata;
+//!   in the checkpoint, beside the sink's own metadata; what the sink has left to make it durable
+//!   (an fsync) runs off the task thread as the snapshot's asynchronous part;
 //! * when checkpoint `n` completes it commits every pending transaction up to `n`, in order, with
 //!   the named crash points `before-sink-commit` and `mid-sink-commit` (after the first commit);
 //! * on restore it decodes every old subtask's snapshot and hands each to exactly one new subtask
@@ -19,7 +20,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use weir_runtime::fault::crash_point;
-use weir_runtime::{Collector, Data, Operator, OperatorContext, Record};
+use weir_runtime::{AsyncSnapshotPart, Collector, Data, Operator, OperatorContext, Record};
 
 /// How often buffered output is flushed when no watermark comes.
 const FLUSH_EVERY_MS: i64 = 1000;
@@ -65,6 +66,11 @@ pub trait TwoPhaseCommitSink: Send + 'static {
     /// this checkpoint (none if nothing was written; a file sink has one per open file).
     /// `pending` are earlier transactions still waiting for their commit.
     fn pre_commit(&mut self, checkpoint: u64, pending: &[Self::Txn]) -> Result<Vec<Self::Txn>>;
+    /// Right after `pre_commit`: what is left to make its transactions durable that may run off
+    /// the task thread (fsyncing closed files). The checkpoint completes only once it succeeded.
+    fn pre_commit_async(&mut self) -> Option<AsyncSnapshotPart> {
+        None
+    }
     /// The metadata to keep in the checkpoint.
     fn meta(&self) -> Self::Meta;
     /// Makes `txn` visible. Must be idempotent: a restore repeats commits that may have run.
@@ -141,8 +147,11 @@ impl<S: TwoPhaseCommitSink> Operator for TwoPhaseCommitOperator<S> {
         self.sink.end_input(ctx)
     }
 
-    fn snapshot_state(&mut self, checkpoint_id: u64, _: &mut OperatorContext) -> Result<Option<Vec<u8>>> {
+    fn snapshot_state(&mut self, checkpoint_id: u64, ctx: &mut OperatorContext) -> Result<Option<Vec<u8>>> {
         let txns = self.sink.pre_commit(checkpoint_id, &self.pending)?;
+        if let Some(part) = self.sink.pre_commit_async() {
+            ctx.snapshot_async(part);
+        }
         self.pending.extend(txns);
         let snapshot = SinkSnapshot { subtask: self.subtask, pending: self.pending.clone(), meta: self.sink.meta() };
         Ok(Some(serde_json::to_vec(&snapshot)?))

@@ -143,20 +143,29 @@ impl PendingCheckpoint {
 struct FailureManager {
     tolerable: u32,
     in_a_row: u32,
+    /// Why the last one failed, for the job's error.
+    last: Option<String>,
 }
 
 impl FailureManager {
-    fn failed(&mut self) {
+    fn failed(&mut self, why: String) {
         self.in_a_row += 1;
+        self.last = Some(why);
     }
 
     fn completed(&mut self) {
         self.in_a_row = 0;
+        self.last = None;
     }
 
     fn exceeded(&self) -> Option<anyhow::Error> {
         (self.in_a_row > self.tolerable).then(|| {
-            anyhow!("{} checkpoints in a row failed (--tolerable-failed-checkpoints {})", self.in_a_row, self.tolerable)
+            anyhow!(
+                "{} checkpoints in a row failed (--tolerable-failed-checkpoints {}); the last: {}",
+                self.in_a_row,
+                self.tolerable,
+                self.last.as_deref().unwrap_or("unknown")
+            )
         })
     }
 }
@@ -195,7 +204,7 @@ pub(crate) struct CheckpointCoordinator {
 impl CheckpointCoordinator {
     /// A coordinator whose first checkpoint gets id `first_id`.
     pub(crate) fn new(config: CheckpointConfig, layout: JobLayout, first_id: u64, now: Instant) -> Self {
-        let failures = FailureManager { tolerable: config.tolerable_failures, in_a_row: 0 };
+        let failures = FailureManager { tolerable: config.tolerable_failures, in_a_row: 0, last: None };
         CheckpointCoordinator {
             config,
             layout,
@@ -331,7 +340,7 @@ impl CheckpointCoordinator {
     pub(crate) fn failed(&mut self, id: u64, error: String, now: Instant) -> Option<CheckpointInfo> {
         let p = self.pending.take_if(|p| p.barrier.id == id)?;
         tracing::warn!(checkpoint = id, error, "checkpoint failed");
-        self.failures.failed();
+        self.failures.failed(format!("checkpoint {id}: {error}"));
         self.last_end = now;
         let info = p.ended("failed", Some(error.clone()), now);
         p.reply_all(Err(error));
@@ -343,7 +352,7 @@ impl CheckpointCoordinator {
         let timeout = self.config.timeout;
         let p = self.pending.take_if(|p| now.saturating_duration_since(p.started) > timeout)?;
         tracing::warn!(checkpoint = p.barrier.id, "checkpoint timed out");
-        self.failures.failed();
+        self.failures.failed(format!("checkpoint {} timed out after {timeout:?}", p.barrier.id));
         self.last_end = now;
         let info = p.ended("timed out", None, now);
         p.reply_all(Err("the savepoint timed out".into()));

@@ -129,6 +129,7 @@ fn failures_in_a_row_beyond_the_tolerance_fail_the_job_and_a_completion_resets_t
     fail(&mut c);
     let e = c.failure_exceeded().expect("two in a row are not");
     assert!(e.to_string().contains("2 checkpoints in a row failed"), "{e}");
+    assert!(e.to_string().ends_with("the last: checkpoint 2: disk full"), "{e}");
     let id = c.trigger(at + 20 * S).expect("due").id;
     store_all(&mut c, id, at + 21 * S);
     c.completed(id, None, 0, at + 21 * S);

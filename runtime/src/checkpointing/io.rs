@@ -2,10 +2,12 @@
 //! the task threads, so a slow store delays only checkpoints, never records.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use crossbeam_channel::{Receiver, Sender};
 use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, Location, SubtaskSnapshot};
+use weir_state::PendingCheckpoint;
 
 use super::task::{LocalSnapshot, SnapshotTiming};
 
@@ -23,8 +25,28 @@ pub(crate) enum IoDone {
     Failed { id: u64, error: String },
 }
 
-fn discard(snapshot: &LocalSnapshot) {
-    if let Some(dir) = &snapshot.local_db {
+/// Finishes the asynchronous parts of a snapshot: the operator's (in the order it handed them
+/// over; all run, the first error wins) and the local RocksDB checkpoint, if it has keyed state,
+/// whose directory it returns.
+fn finish_async(snapshot: &mut LocalSnapshot) -> Result<Option<PathBuf>> {
+    let mut failed = None;
+    for part in std::mem::take(&mut snapshot.async_parts) {
+        if let Err(e) = part() {
+            failed.get_or_insert(e);
+        }
+    }
+    let db = snapshot.local_db.take().map(PendingCheckpoint::wait).transpose();
+    match failed {
+        Some(e) => {
+            discard(db.ok().flatten().as_deref());
+            Err(e)
+        }
+        None => db,
+    }
+}
+
+fn discard(dir: Option<&Path>) {
+    if let Some(dir) = dir {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
@@ -39,21 +61,24 @@ pub(crate) fn io_thread(
 ) {
     for job in jobs {
         let report = match job {
-            IoJob::Upload { id, node, uid, subtask, snapshot } => {
+            IoJob::Upload { id, node, uid, subtask, mut snapshot } => {
                 let started = std::time::Instant::now();
                 let timing = snapshot.timing;
                 let files = known.entry((uid.clone(), subtask)).or_default();
                 let before: u64 = files.values().map(|f| f.size).sum();
-                let r = storage.upload_subtask(
-                    id,
-                    &uid,
-                    subtask,
-                    &run,
-                    snapshot.local_db.as_deref(),
-                    snapshot.operator_state.as_deref(),
-                    files,
-                );
-                discard(&snapshot);
+                let db = finish_async(&mut snapshot);
+                let r = db.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|db| {
+                    storage.upload_subtask(
+                        id,
+                        &uid,
+                        subtask,
+                        &run,
+                        db.as_deref(),
+                        snapshot.operator_state.as_deref(),
+                        files,
+                    )
+                });
+                discard(db.ok().flatten().as_deref());
                 let after: u64 = files.values().map(|f| f.size).sum();
                 match r {
                     Ok((keyed_files, operator_state)) => IoDone::Uploaded {
@@ -106,8 +131,14 @@ pub(crate) fn io_thread(
                     Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
                 }
             }
-            IoJob::Discard { snapshot } => {
-                discard(&snapshot);
+            IoJob::Discard { mut snapshot } => {
+                match finish_async(&mut snapshot) {
+                    Ok(db) => discard(db.as_deref()),
+                    // A later checkpoint may commit what this one's parts were to make durable.
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "asynchronous part of an abandoned snapshot failed")
+                    }
+                }
                 continue;
             }
         };

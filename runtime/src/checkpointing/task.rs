@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use crossbeam_channel::Sender;
-use weir_state::{KeyGroupRange, KeyedStateBackend};
+use weir_state::{KeyGroupRange, KeyedStateBackend, PendingCheckpoint};
 
 use crate::metrics::TaskStats;
 
@@ -22,7 +22,10 @@ pub(crate) struct CheckpointEnv {
 
 /// The synchronous part of one subtask's snapshot, before it is stored.
 pub(crate) struct LocalSnapshot {
-    pub local_db: Option<PathBuf>,
+    /// The keyed state's RocksDB checkpoint, which its writer thread may still be taking.
+    pub local_db: Option<PendingCheckpoint>,
+    /// What the operator left to do off the task thread before its snapshot counts as stored.
+    pub async_parts: Vec<crate::AsyncSnapshotPart>,
     pub operator_state: Option<Vec<u8>>,
     pub watermark: i64,
     pub key_groups: Option<KeyGroupRange>,
@@ -34,7 +37,8 @@ pub(crate) struct LocalSnapshot {
 pub(crate) struct SnapshotTiming {
     /// From the first barrier to the last one of the inputs.
     pub alignment_ms: f64,
-    /// The synchronous part: operator state and the local RocksDB checkpoint.
+    /// The synchronous part: operator state, and freezing the keyed state's changes (the
+    /// RocksDB checkpoint is taken asynchronously).
     pub sync_ms: f64,
     pub acked_at: std::time::Instant,
 }
@@ -67,21 +71,21 @@ impl CheckpointEnv {
         let _ = self.events.send(TaskEvent::Ack { id, node: self.node, subtask, snapshot });
     }
 
-    /// Takes a local RocksDB checkpoint of `backend` for checkpoint `id`.
+    /// Starts a local RocksDB checkpoint of `backend` for checkpoint `id`; the backend's writer
+    /// thread finishes it while the task goes on.
     pub(crate) fn snapshot_backend(
         &self,
         backend: &mut KeyedStateBackend,
         uid: &str,
         subtask: usize,
         id: u64,
-    ) -> Result<PathBuf> {
+    ) -> Result<PendingCheckpoint> {
         let dir = self.local_root.join(format!("{uid}-{subtask}-{id}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&self.local_root)?;
-        backend.checkpoint_to(&dir)?;
-        Ok(dir)
+        backend.begin_checkpoint(&dir)
     }
 }
 
