@@ -193,13 +193,12 @@ impl KeyedStateBackend {
     /// assert_eq!(restored.value_state(&count).unwrap().value().unwrap(), Some(1));
     /// ```
     pub fn begin_checkpoint(&mut self, path: &Path) -> Result<PendingCheckpoint> {
-        let (frozen, cold) = self.state.freeze()?;
+        let frozen = self.state.freeze()?;
         let timers = self.timers.take_changes();
         let names: Vec<String> = self.state.states().iter().map(|m| m.name.clone()).collect();
         let (done, rx) = std::sync::mpsc::channel();
         let write = move |db: &rocksdb::DB| -> Result<Option<rocksdb::WriteBatch>> {
             if frozen.is_none() && timers.is_empty() {
-                drop(cold);
                 return Ok(None);
             }
             let mut batch = rocksdb::WriteBatch::default();
@@ -216,7 +215,6 @@ impl KeyedStateBackend {
                 })?;
             }
             timers.write_into(db, &mut batch)?;
-            drop(cold);
             Ok(Some(batch))
         };
         self.state.store_mut().begin_checkpoint(path.to_path_buf(), write, done)?;

@@ -7,20 +7,21 @@
 //! budget and before every scan.
 //!
 //! A checkpoint does not drain it on the task thread: it *freezes* the cache (the whole map
-//! becomes an immutable [`Frozen`] generation, shared with the thread that writes it to the store
-//! and checkpoints the store) and starts an empty one. Until the frozen generation is in the store
-//! the task reads through both: a key the new generation lacks is copied from the frozen one
-//! ([`WriteCache::promote`]) before it is read or changed, so the frozen one never changes. Once
-//! the writer is done the frozen map comes back as the *thawed* generation: clean entries, live
-//! objects included, that move (not copy) into the current generation when touched. What nobody
-//! touched until the next checkpoint is cold and is dropped then, on the next writer's thread. So
-//! hot state stays decoded across checkpoints and a checkpoint costs the task no encoding, no
-//! copy and no free.
+//! becomes an immutable [`Frozen`] generation, shared with the thread that writes its changes to
+//! the store and checkpoints the store) and starts an empty one. Until the writer is done the task
+//! reads through both: a key the new generation lacks is copied from the frozen one
+//! ([`WriteCache::promote`]) before it is read or changed, so the frozen one never changes. Then
+//! ([`WriteCache::thaw`]) the frozen map comes back and the smaller of the two maps is merged into
+//! the larger (the new generation's entries win): one map again, live objects included. So hot
+//! state stays decoded across checkpoints, and a checkpoint costs the task no encoding and no
+//! lookup in a second map after its writer is done.
 //!
-//! A key is in the current generation or in an older one, never changed in an older one, and an
-//! older one is consulted only for keys the current one lacks. At most two generations exist: the
-//! owner waits for the previous checkpoint's writer before it drains or freezes again, so the
-//! cache holds at most twice its budget.
+//! Which entries the store lacks is told by epochs rather than a dirty flag, so that merging
+//! needs no pass over the entries: an entry remembers the epoch of its last change, the cache the
+//! epoch up to which every change is in the store (`written`). Each freeze starts a new epoch; a
+//! writer writes the changes of the epochs its generation holds and its thaw advances `written`.
+//! At most two generations exist: the owner waits for the previous checkpoint's writer before it
+//! drains or freezes again, so the cache holds at most twice its budget.
 
 use anyhow::Result;
 use serde::{de::DeserializeOwned, Serialize};
@@ -28,22 +29,36 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Default byte budget of a backend's write cache.
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
-/// A cached entry: `None` means deleted; `dirty` entries still have to reach the store.
+/// A cached entry: `None` means deleted.
 struct CacheEntry {
     value: Option<Vec<u8>>,
     /// The value as a live Rust object, updated in place by read-modify-write accesses and
     /// encoded only when the cache is flushed or the bytes are read; when set it supersedes
     /// `value`.
     object: Option<Box<dyn StateObject>>,
-    dirty: bool,
-    /// The store may hold a value for the key. When it certainly does not (a read found nothing),
-    /// deleting the entry again needs no tombstone.
+    /// The epoch of the last change (0: unchanged since read from the store); the store lacks
+    /// the change while it is above the cache's `written`.
+    changed: u64,
+    /// The store may hold a value for the key, as of the last change. When it certainly does not
+    /// (a read found nothing), deleting the entry again needs no tombstone. See [`stored`].
     stored: bool,
     /// The bytes this entry counts against the cache's budget.
     accounted: usize,
 }
 
+/// Whether the store may hold a value for the entry's key once every change up to epoch `written`
+/// is in it: as of its last change, or because that change was written since.
+fn stored(e: &CacheEntry, written: u64) -> bool {
+    e.stored || (e.changed != 0 && e.changed <= written)
+}
+
 impl CacheEntry {
+    /// Records a change in `epoch`.
+    fn touch(&mut self, epoch: u64, written: u64) {
+        self.stored = stored(self, written);
+        self.changed = epoch;
+    }
+
     /// Turns a live object back into bytes (for readers of bytes and for flushes).
     fn materialize(&mut self) -> Result<()> {
         if let Some(obj) = self.object.take() {
@@ -57,8 +72,6 @@ impl CacheEntry {
 /// frozen generation is encoded on the checkpoint's writer thread while the task reads it.
 trait StateObject: Send + Sync {
     fn encode(&self) -> Result<Option<Vec<u8>>>;
-    /// Whether it holds a value (not deleted).
-    fn present(&self) -> bool;
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
@@ -67,9 +80,6 @@ struct Object<T>(Option<T>);
 impl<T: Serialize + Send + Sync + 'static> StateObject for Object<T> {
     fn encode(&self) -> Result<Option<Vec<u8>>> {
         self.0.as_ref().map(crate::codec::encode).transpose()
-    }
-    fn present(&self) -> bool {
-        self.0.is_some()
     }
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
@@ -94,24 +104,27 @@ pub(crate) enum Lookup<'a, T> {
 
 type Map = ahash::AHashMap<Vec<u8>, CacheEntry>;
 
-/// A generation of the cache frozen by a checkpoint: what the store lacks at the barrier,
-/// written to it off the task thread (see the module comment).
+/// A generation of the cache frozen by a checkpoint, whose changes the store lacks at the barrier
+/// are written to it off the task thread (see the module comment).
 pub(crate) struct Frozen {
     map: Map,
+    bytes: usize,
+    /// Changes of epochs up to this one were in the store when it froze.
+    written: u64,
+    /// The epoch it closed: once it is written, every change up to here is in the store.
+    epoch: u64,
 }
-
-/// Entries of an older generation nobody touched for a whole checkpoint interval, handed to a
-/// thread that frees them (dropping 100 000 entries is milliseconds the task need not spend).
-pub(crate) struct Cold(#[allow(dead_code)] Option<Map>);
 
 impl Frozen {
     /// Hands every change the store lacks to `write` as (cache key, value or `None` for a
-    /// deletion), encoding live objects without changing them.
+    /// deletion), in key order, encoding live objects without changing them. In key order
+    /// because RocksDB inserts sorted batches into its memtable several times faster: each insert
+    /// starts its skip-list search where the previous one ended.
     pub(crate) fn write_to(&self, mut write: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>) -> Result<()> {
-        for (k, e) in &self.map {
-            if !e.dirty {
-                continue;
-            }
+        let mut changes: Vec<(&[u8], &CacheEntry)> =
+            self.map.iter().filter(|(_, e)| e.changed > self.written).map(|(k, e)| (k.as_slice(), e)).collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, e) in changes {
             match &e.object {
                 Some(obj) => {
                     let v = obj.encode()?;
@@ -125,88 +138,91 @@ impl Frozen {
         }
         Ok(())
     }
-
-    /// The bytes of `key` in this generation (`Some(None)`: deleted), if it has the key.
-    fn bytes_of(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
-        let Some(e) = self.map.get(key) else { return Ok(None) };
-        Ok(Some(match &e.object {
-            Some(obj) => obj.encode()?,
-            None => e.value.clone(),
-        }))
-    }
 }
 
 /// The write cache of one backend (see the module comment).
 pub(crate) struct WriteCache {
-    map: ahash::AHashMap<Vec<u8>, CacheEntry>,
+    map: Map,
     bytes: usize,
     limit: usize,
+    /// The epoch changes are made in now.
+    epoch: u64,
+    /// Every change of an epoch up to this one is in the store.
+    written: u64,
     /// The generation a checkpoint froze, until its writer has put it into the store.
     frozen: Option<std::sync::Arc<Frozen>>,
-    /// The frozen generation after its writer finished: clean entries not touched since.
-    thawed: Option<Map>,
 }
 
 impl WriteCache {
     /// An empty cache with a budget of `limit` bytes (0: every write goes straight to the store).
     pub(crate) fn new(limit: usize) -> Self {
-        WriteCache { map: Default::default(), bytes: 0, limit, frozen: None, thawed: None }
+        WriteCache { map: Default::default(), bytes: 0, limit, epoch: 1, written: 0, frozen: None }
     }
 
-    /// Freezes the current generation for a checkpoint and starts an empty one (the frozen one is
-    /// `None` when there is nothing to write); the thawed generation's leftovers are cold and come
-    /// back to be dropped elsewhere. The caller must have [`thaw`](Self::thaw)ed the previous one.
-    pub(crate) fn freeze(&mut self) -> (Option<std::sync::Arc<Frozen>>, Cold) {
+    /// Freezes the current generation for a checkpoint and starts an empty one; `None` when there
+    /// is nothing to write. The caller must have [`thaw`](Self::thaw)ed the previous one.
+    pub(crate) fn freeze(&mut self) -> Option<std::sync::Arc<Frozen>> {
         debug_assert!(self.frozen.is_none(), "a frozen generation is still pending");
-        let cold = Cold(self.thawed.take());
         if self.map.is_empty() {
-            return (None, cold);
+            return None;
         }
+        let map = std::mem::take(&mut self.map);
+        let frozen = std::sync::Arc::new(Frozen { map, bytes: self.bytes, written: self.written, epoch: self.epoch });
         self.bytes = 0;
-        let frozen = std::sync::Arc::new(Frozen { map: std::mem::take(&mut self.map) });
+        self.epoch += 1;
         self.frozen = Some(frozen.clone());
-        (Some(frozen), cold)
+        Some(frozen)
     }
 
-    /// The frozen generation's writer has put it into the store, which now answers for its keys:
-    /// it becomes the thawed generation. Must happen before anything newer reaches the store.
+    /// The frozen generation's writer has put its changes into the store: they count as written,
+    /// and the frozen map merges back (the smaller map into the larger; what the task changed
+    /// since the barrier wins). Must happen before anything newer reaches the store.
     pub(crate) fn thaw(&mut self) {
-        if let Some(frozen) = self.frozen.take() {
-            // The writer has dropped its reference by now; if not, the entries are in the store
-            // anyway and only their decoded form is lost.
-            self.thawed = std::sync::Arc::try_unwrap(frozen).ok().map(|f| f.map);
+        let Some(frozen) = self.frozen.take() else { return };
+        self.written = frozen.epoch;
+        // The writer has dropped its reference by now; if not, the entries are in the store
+        // anyway and only their cached form is lost.
+        let Ok(Frozen { map: mut old, bytes: old_bytes, .. }) = std::sync::Arc::try_unwrap(frozen) else { return };
+        if old.len() > self.map.len() {
+            let mut bytes = old_bytes;
+            for (k, e) in self.map.drain() {
+                bytes += e.accounted;
+                if let Some(replaced) = old.insert(k, e) {
+                    bytes = bytes.saturating_sub(replaced.accounted);
+                }
+            }
+            self.map = old;
+            self.bytes = bytes;
+        } else {
+            for (k, e) in old {
+                if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(k) {
+                    self.bytes += e.accounted;
+                    v.insert(e);
+                }
+            }
         }
     }
 
-    /// Makes sure the current generation has `key` if an older one has it, so that reads and
-    /// changes never go past a newer value to the store: copied as clean bytes from the frozen
-    /// generation (its writer stores that value), moved as it is from the thawed one. Only looks
-    /// when an older generation exists, so that the common case costs no second hash lookup.
+    /// Makes sure the current generation has `key` if the frozen one has it, so that reads and
+    /// changes never go past a newer value to the store: copied as bytes, unchanged since the
+    /// frozen generation's writer stores that value. Only looks while a frozen generation exists,
+    /// so that the common case costs no second hash lookup.
     fn promote(&mut self, key: &[u8]) -> Result<()> {
-        if self.frozen.is_none() && self.thawed.is_none() {
-            return Ok(());
-        }
+        let Some(frozen) = &self.frozen else { return Ok(()) };
         if self.map.contains_key(key) {
             return Ok(());
         }
-        if let Some(frozen) = &self.frozen {
-            let Some(value) = frozen.bytes_of(key)? else { return Ok(()) };
-            let cost = entry_cost(key.len(), value.as_ref().map_or(0, Vec::len));
-            // Once the frozen generation is written, the store holds the key exactly when it has
-            // a value (a deletion of a stored key is written as a tombstone).
-            let stored = value.is_some();
-            self.bytes += cost;
-            self.map.insert(key.to_vec(), CacheEntry { value, object: None, dirty: false, stored, accounted: cost });
-        } else if let Some((k, mut e)) = self.thawed.as_mut().and_then(|t| t.remove_entry(key)) {
-            // Written: clean, and stored exactly when it has a value (as above).
-            e.dirty = false;
-            e.stored = match &e.object {
-                Some(obj) => obj.present(),
-                None => e.value.is_some(),
-            };
-            self.bytes += e.accounted;
-            self.map.insert(k, e);
-        }
+        let Some(e) = frozen.map.get(key) else { return Ok(()) };
+        let value = match &e.object {
+            Some(obj) => obj.encode()?,
+            None => e.value.clone(),
+        };
+        let cost = entry_cost(key.len(), value.as_ref().map_or(0, Vec::len));
+        // Once the writer is done the store holds a value if it has one.
+        let stored = e.stored || value.is_some();
+        let copy = CacheEntry { value, object: None, changed: e.changed, stored, accounted: cost };
+        self.bytes += cost;
+        self.map.insert(key.to_vec(), copy);
         Ok(())
     }
 
@@ -238,19 +254,21 @@ impl WriteCache {
     }
 
     /// One lookup for a read-modify-write of `key` as a `T` (see [`Lookup`]); a live object
-    /// handed out is marked dirty, since the caller changes it.
+    /// handed out counts as changed, since the caller changes it.
     pub(crate) fn lookup<T: DeserializeOwned + 'static>(&mut self, key: &[u8]) -> Result<Lookup<'_, T>> {
         self.promote(key)?;
+        let (epoch, written) = (self.epoch, self.written);
         let Some(e) = self.map.get_mut(key) else { return Ok(Lookup::Miss) };
         if e.object.as_mut().is_some_and(|o| o.as_any_mut().is::<Object<T>>()) {
-            e.dirty = true;
+            e.touch(epoch, written);
             let o = e.object.as_mut().and_then(|o| o.as_any_mut().downcast_mut::<Object<T>>());
             return o.map(|o| Lookup::Live(&mut o.0)).ok_or_else(|| anyhow::anyhow!("cached object changed type"));
         }
         // Cached as bytes, or as an object of another type: go through its bytes.
         e.materialize()?;
         let encoded = e.value.as_ref().map_or(0, Vec::len);
-        Ok(Lookup::Decoded(e.value.as_deref().map(crate::codec::decode).transpose()?, encoded, e.stored))
+        let stored = stored(e, written);
+        Ok(Lookup::Decoded(e.value.as_deref().map(crate::codec::decode).transpose()?, encoded, stored))
     }
 
     /// Caches `value` for `key` (`None`: deleted). `stored`: whether the store may hold the key,
@@ -258,16 +276,12 @@ impl WriteCache {
     pub(crate) fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, dirty: bool, stored: bool) -> Result<()> {
         self.promote(key)?;
         let cost = entry_cost(key.len(), value.as_ref().map_or(0, Vec::len));
+        let (epoch, written) = (self.epoch, self.written);
         match self.map.get_mut(key) {
-            Some(e) if value.is_none() && !e.stored => {
+            Some(e) if value.is_none() && !self::stored(e, written) => {
                 // Deleted before it ever reached the store: forget it (no tombstone, no memory).
-                // An older generation has no value either (else the store would have it), so it
-                // may forget the key too.
                 let gone = e.accounted;
                 self.map.remove(key);
-                if let Some(t) = self.thawed.as_mut() {
-                    t.remove(key);
-                }
                 self.bytes = self.bytes.saturating_sub(gone);
             }
             Some(e) => {
@@ -275,17 +289,20 @@ impl WriteCache {
                 e.accounted = cost;
                 e.value = value;
                 e.object = None;
-                e.dirty |= dirty;
+                if dirty {
+                    e.touch(epoch, written);
+                }
             }
             None => {
                 self.bytes += cost;
-                self.map.insert(key.to_vec(), CacheEntry { value, object: None, dirty, stored, accounted: cost });
+                let changed = if dirty { epoch } else { 0 };
+                self.map.insert(key.to_vec(), CacheEntry { value, object: None, changed, stored, accounted: cost });
             }
         }
         Ok(())
     }
 
-    /// Caches `value` as a live object for `key`, dirty. `encoded`: the size it was read with.
+    /// Caches `value` as a live object for `key`, changed. `encoded`: the size it was read with.
     pub(crate) fn put_object<T: Serialize + Send + Sync + 'static>(
         &mut self,
         key: &[u8],
@@ -297,8 +314,8 @@ impl WriteCache {
         // least 64 bytes for their heap parts): an estimate, as a value that grows in place is
         // charged its first size until the next flush empties the cache.
         let cost = entry_cost(key.len(), std::mem::size_of::<T>() + encoded.max(64));
-        let entry =
-            CacheEntry { value: None, object: Some(Box::new(Object(value))), dirty: true, stored, accounted: cost };
+        let object = Some(Box::new(Object(value)) as Box<dyn StateObject>);
+        let entry = CacheEntry { value: None, object, changed: self.epoch, stored, accounted: cost };
         let old = self.map.insert(key.to_vec(), entry).map_or(0, |e| e.accounted);
         self.bytes = (self.bytes + cost).saturating_sub(old);
     }
@@ -319,16 +336,22 @@ impl WriteCache {
     /// Empties the cache, handing every change the store lacks to `write` as (cache key, value or
     /// `None` for a deletion).
     pub(crate) fn drain(&mut self, mut write: impl FnMut(&[u8], Option<Vec<u8>>) -> Result<()>) -> Result<()> {
+        debug_assert!(self.frozen.is_none(), "draining while a frozen generation is pending");
         self.bytes = 0;
-        // The thawed generation is in the store too, and would be older than what is drained.
-        self.thawed = None;
+        let written = self.written;
         for (k, mut e) in self.map.drain() {
+            if e.changed <= written {
+                continue;
+            }
             e.materialize()?;
-            if !e.dirty || (e.value.is_none() && !e.stored) {
+            if e.value.is_none() && !e.stored {
                 continue;
             }
             write(&k, e.value)?;
         }
+        // Every change so far is in the store; later ones belong to a new epoch.
+        self.written = self.epoch;
+        self.epoch += 1;
         Ok(())
     }
 

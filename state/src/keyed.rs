@@ -71,8 +71,8 @@ impl KeyedState {
         Ok(())
     }
 
-    /// Thaws the frozen generation once its writer is done, without waiting, so that hot entries
-    /// move back instead of being copied (checked before every access: an atomic load).
+    /// Thaws the frozen generation once its writer is done, without waiting, so that the task
+    /// works on one map again (checked before every access: an atomic load).
     fn release_written(&mut self) -> Result<()> {
         if self.cache.has_frozen() && self.store.writer_finished() {
             self.settle()?;
@@ -82,7 +82,7 @@ impl KeyedState {
 
     /// Freezes the write cache for a checkpoint (see `cache.rs`): what is frozen is the state at
     /// the barrier that the store lacks, and the task goes on with an empty generation.
-    pub(crate) fn freeze(&mut self) -> Result<(Option<std::sync::Arc<crate::cache::Frozen>>, crate::cache::Cold)> {
+    pub(crate) fn freeze(&mut self) -> Result<Option<std::sync::Arc<crate::cache::Frozen>>> {
         self.settle()?;
         Ok(self.cache.freeze())
     }

@@ -80,7 +80,10 @@ impl TimerChanges {
             return Ok(());
         }
         let cf = db.cf_handle(TIMERS_CF).ok_or_else(|| anyhow::anyhow!("the timer column family is missing"))?;
-        for (k, change) in &self.0 {
+        // In key order, which RocksDB's memtable inserts several times faster.
+        let mut changes: Vec<_> = self.0.iter().collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, change) in changes {
             match change {
                 TimerChange::New { key_len } | TimerChange::Put { key_len } => {
                     batch.put_cf(cf, k, key_len.to_be_bytes())
