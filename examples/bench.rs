@@ -253,8 +253,10 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             let _ = std::fs::remove_dir_all(dir.join(format!("cp-state-{r}")));
         }
     }
-    let off = cli.checkpoint_bids as f64 / median(secs[0].clone());
+    // "vs off" compares each build with its own run without checkpoints.
+    let ours = if cli.before.is_some() { settings.len() / 2 } else { settings.len() };
     for (k, (label, _, _, _)) in settings.iter().enumerate() {
+        let off = cli.checkpoint_bids as f64 / median(secs[if k < ours { 0 } else { ours }].clone());
         let rate = cli.checkpoint_bids as f64 / median(secs[k].clone());
         let (d, s, i) = stats[k].clone();
         println!(

@@ -110,7 +110,16 @@ fn malformed_bodies_get_400_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let job = Job::start(&args(port, dir.path()), port);
-    let (code, body) = post(port, "{not json").unwrap();
+    // The first request right after the port opened was once reset by the server under a loaded
+    // CI (rare; not understood yet). A malformed body ingests nothing, so repeating it is safe.
+    let started = Instant::now();
+    let (code, body) = loop {
+        match post(port, "{not json") {
+            Err(e) if started.elapsed() < Duration::from_secs(10) => eprintln!("retrying the first request: {e}"),
+            r => break r.unwrap(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(code, 400);
     assert!(body.contains("malformed JSON"), "{body}");
     let (code, body) =
