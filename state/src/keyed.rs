@@ -63,8 +63,8 @@ impl KeyedState {
         &mut self.store
     }
 
-    /// Waits for the last checkpoint's writer and forgets the generation it wrote (from now on
-    /// the store answers for those keys), so that the store may take newer writes.
+    /// Waits for the last checkpoint's writer and merges the generation it wrote back into the
+    /// cache (its changes now count as written), so that the store may take newer writes.
     pub(crate) fn settle(&mut self) -> Result<()> {
         self.store.settle()?;
         self.cache.thaw();
