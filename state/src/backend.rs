@@ -203,16 +203,7 @@ impl KeyedStateBackend {
             }
             let mut batch = rocksdb::WriteBatch::default();
             if let Some(frozen) = &frozen {
-                frozen.write_to(|k, v| {
-                    let name = &names[u16::from_be_bytes([k[0], k[1]]) as usize];
-                    let cf =
-                        db.cf_handle(name).ok_or_else(|| anyhow::anyhow!("state column family '{name}' is missing"))?;
-                    match v {
-                        Some(v) => batch.put_cf(cf, &k[2..], v),
-                        None => batch.delete_cf(cf, &k[2..]),
-                    }
-                    Ok(())
-                })?;
+                frozen.write_to(|k, v| crate::store::batch_change(db, &names, &mut batch, k, v))?;
             }
             timers.write_into(db, &mut batch)?;
             Ok(Some(batch))

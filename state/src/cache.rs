@@ -23,6 +23,8 @@
 //! At most two generations exist: the owner waits for the previous checkpoint's writer before it
 //! drains or freezes again, so the cache holds at most twice its budget.
 
+use std::borrow::Cow;
+
 use anyhow::Result;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -53,6 +55,20 @@ fn stored(e: &CacheEntry, written: u64) -> bool {
 }
 
 impl CacheEntry {
+    /// What the store lacks of this entry once every change up to epoch `written` is in it:
+    /// `None` if nothing, else the value to write (`None` inside: a deletion). A deletion of a key
+    /// the store never held needs no tombstone. A live object is encoded without changing it.
+    fn unwritten(&self, written: u64) -> Result<Option<Option<Cow<'_, [u8]>>>> {
+        if self.changed <= written {
+            return Ok(None);
+        }
+        let value = match &self.object {
+            Some(obj) => obj.encode()?.map(Cow::Owned),
+            None => self.value.as_deref().map(Cow::Borrowed),
+        };
+        Ok((value.is_some() || self.stored).then_some(value))
+    }
+
     /// Records a change in `epoch`.
     fn touch(&mut self, epoch: u64, written: u64) {
         self.stored = stored(self, written);
@@ -125,15 +141,8 @@ impl Frozen {
             self.map.iter().filter(|(_, e)| e.changed > self.written).map(|(k, e)| (k.as_slice(), e)).collect();
         changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (k, e) in changes {
-            match &e.object {
-                Some(obj) => {
-                    let v = obj.encode()?;
-                    if v.is_some() || e.stored {
-                        write(k, v.as_deref())?;
-                    }
-                }
-                None if e.value.is_none() && !e.stored => {}
-                None => write(k, e.value.as_deref())?,
+            if let Some(v) = e.unwritten(self.written)? {
+                write(k, v.as_deref())?;
             }
         }
         Ok(())
@@ -312,7 +321,7 @@ impl WriteCache {
     ) {
         // Objects are charged their inline size plus the encoded size they were read with (at
         // least 64 bytes for their heap parts): an estimate, as a value that grows in place is
-        // charged its first size until the next flush empties the cache.
+        // charged its first size until the next drain empties the cache.
         let cost = entry_cost(key.len(), std::mem::size_of::<T>() + encoded.max(64));
         let object = Some(Box::new(Object(value)) as Box<dyn StateObject>);
         let entry = CacheEntry { value: None, object, changed: self.epoch, stored, accounted: cost };
@@ -335,19 +344,14 @@ impl WriteCache {
 
     /// Empties the cache, handing every change the store lacks to `write` as (cache key, value or
     /// `None` for a deletion).
-    pub(crate) fn drain(&mut self, mut write: impl FnMut(&[u8], Option<Vec<u8>>) -> Result<()>) -> Result<()> {
+    pub(crate) fn drain(&mut self, mut write: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>) -> Result<()> {
         debug_assert!(self.frozen.is_none(), "draining while a frozen generation is pending");
         self.bytes = 0;
         let written = self.written;
-        for (k, mut e) in self.map.drain() {
-            if e.changed <= written {
-                continue;
+        for (k, e) in self.map.drain() {
+            if let Some(v) = e.unwritten(written)? {
+                write(&k, v.as_deref())?;
             }
-            e.materialize()?;
-            if e.value.is_none() && !e.stored {
-                continue;
-            }
-            write(&k, e.value)?;
         }
         // Every change so far is in the store; later ones belong to a new epoch.
         self.written = self.epoch;
@@ -373,7 +377,7 @@ mod tests {
         let mut out = Vec::new();
         cache
             .drain(|k, v| {
-                out.push((k.to_vec(), v));
+                out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
                 Ok(())
             })
             .unwrap();

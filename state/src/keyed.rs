@@ -181,16 +181,10 @@ impl KeyedState {
         if self.cache.is_empty() {
             return Ok(());
         }
-        let (store, states) = (&self.store, &self.states);
+        let names: Vec<String> = self.states.iter().map(|m| m.name.clone()).collect();
         let mut batch = rocksdb::WriteBatch::default();
-        self.cache.drain(|k, value| {
-            let cf = store.cf(&states[u16::from_be_bytes([k[0], k[1]]) as usize].name)?;
-            match value {
-                Some(v) => batch.put_cf(cf, &k[2..], v),
-                None => batch.delete_cf(cf, &k[2..]),
-            }
-            Ok(())
-        })?;
+        let db = self.store.db();
+        self.cache.drain(|k, v| crate::store::batch_change(db, &names, &mut batch, k, v))?;
         self.store.write(batch)
     }
 

@@ -215,6 +215,24 @@ impl StateStore {
     }
 }
 
+/// Adds one change of the write cache to `batch`: `key` is `state id (u16 BE) ‖ store key`,
+/// `names` the column family of each state id, `value` `None` for a deletion.
+pub(crate) fn batch_change(
+    db: &DB,
+    names: &[String],
+    batch: &mut rocksdb::WriteBatch,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<()> {
+    let name = &names[u16::from_be_bytes([key[0], key[1]]) as usize];
+    let cf = db.cf_handle(name).ok_or_else(|| anyhow!("state column family '{name}' is missing"))?;
+    match value {
+        Some(v) => batch.put_cf(cf, &key[2..], v),
+        None => batch.delete_cf(cf, &key[2..]),
+    }
+    Ok(())
+}
+
 fn no_wal() -> WriteOptions {
     let mut wo = WriteOptions::default();
     wo.disable_wal(true);

@@ -59,6 +59,8 @@ pub(crate) fn io_thread(
     jobs: Receiver<IoJob>,
     done: Sender<IoDone>,
 ) {
+    // Set when work a later checkpoint builds on failed; fails every later snapshot.
+    let mut poisoned: Option<String> = None;
     for job in jobs {
         let report = match job {
             IoJob::Upload { id, node, uid, subtask, mut snapshot } => {
@@ -66,19 +68,27 @@ pub(crate) fn io_thread(
                 let timing = snapshot.timing;
                 let files = known.entry((uid.clone(), subtask)).or_default();
                 let before: u64 = files.values().map(|f| f.size).sum();
-                let db = finish_async(&mut snapshot);
-                let r = db.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|db| {
-                    storage.upload_subtask(
-                        id,
-                        &uid,
-                        subtask,
-                        &run,
-                        db.as_deref(),
-                        snapshot.operator_state.as_deref(),
-                        files,
-                    )
-                });
-                discard(db.ok().flatten().as_deref());
+                let r = match &poisoned {
+                    Some(why) => {
+                        if let Ok(db) = finish_async(&mut snapshot) {
+                            discard(db.as_deref());
+                        }
+                        Err(anyhow::anyhow!("{why}"))
+                    }
+                    None => finish_async(&mut snapshot).and_then(|db| {
+                        let r = storage.upload_subtask(
+                            id,
+                            &uid,
+                            subtask,
+                            &run,
+                            db.as_deref(),
+                            snapshot.operator_state.as_deref(),
+                            files,
+                        );
+                        discard(db.as_deref());
+                        r
+                    }),
+                };
                 let after: u64 = files.values().map(|f| f.size).sum();
                 match r {
                     Ok((keyed_files, operator_state)) => IoDone::Uploaded {
@@ -134,9 +144,13 @@ pub(crate) fn io_thread(
             IoJob::Discard { mut snapshot } => {
                 match finish_async(&mut snapshot) {
                     Ok(db) => discard(db.as_deref()),
-                    // A later checkpoint may commit what this one's parts were to make durable.
+                    // Later checkpoints would commit what this part was to make durable (a sink's
+                    // pending files stay pending): none of this attempt may complete, so the job
+                    // fails over to the last complete checkpoint, which does not include them.
                     Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "asynchronous part of an abandoned snapshot failed")
+                        let why = format!("an abandoned checkpoint's asynchronous part failed: {e:#}");
+                        tracing::error!(error = why, "no later checkpoint of this run can complete");
+                        poisoned = Some(why);
                     }
                 }
                 continue;
@@ -145,5 +159,65 @@ pub(crate) fn io_thread(
         if done.send(report).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(part: impl FnOnce() -> Result<()> + Send + 'static) -> LocalSnapshot {
+        let now = std::time::Instant::now();
+        LocalSnapshot {
+            local_db: None,
+            async_parts: vec![Box::new(part)],
+            operator_state: Some(b"{}".to_vec()),
+            watermark: 0,
+            key_groups: None,
+            timing: SnapshotTiming { alignment_ms: 0.0, sync_ms: 0.0, acked_at: now },
+        }
+    }
+
+    fn upload(id: u64, part: impl FnOnce() -> Result<()> + Send + 'static) -> IoJob {
+        IoJob::Upload { id, node: 0, uid: "op".into(), subtask: 0, snapshot: snapshot(part) }
+    }
+
+    /// Runs the I/O thread over `jobs`; what it reported, as (checkpoint, error if it failed).
+    fn run(jobs: Vec<IoJob>) -> Vec<(u64, Option<String>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::new(dir.path(), "job").unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        for j in jobs {
+            tx.send(j).unwrap();
+        }
+        drop(tx);
+        io_thread(storage, "run".into(), HashMap::new(), rx, done_tx);
+        done.try_iter()
+            .map(|d| match d {
+                IoDone::Uploaded { id, .. } | IoDone::Finalized { id, .. } => (id, None),
+                IoDone::Failed { id, error } => (id, Some(error)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_asynchronous_part_fails_its_snapshot_and_only_it() {
+        let got = run(vec![upload(1, || Ok(())), upload(2, || anyhow::bail!("fsync failed")), upload(3, || Ok(()))]);
+        assert_eq!(got[0], (1, None));
+        assert!(got[1].1.as_deref().is_some_and(|e| e.contains("fsync failed")), "{got:?}");
+        assert_eq!(got[2], (3, None), "a failure in a reported snapshot fails its checkpoint, not the next");
+    }
+
+    #[test]
+    fn a_failed_part_of_an_abandoned_snapshot_fails_every_later_one() {
+        let discard = IoJob::Discard { snapshot: snapshot(|| anyhow::bail!("fsync failed")) };
+        let got = run(vec![upload(1, || Ok(())), discard, upload(3, || Ok(())), upload(4, || Ok(()))]);
+        assert_eq!(got[0], (1, None));
+        for (id, error) in &got[1..] {
+            let error = error.as_deref().unwrap_or_default();
+            assert!(error.contains("abandoned checkpoint") && error.contains("fsync failed"), "{id}: {error}");
+        }
+        assert_eq!(got.len(), 3);
     }
 }
