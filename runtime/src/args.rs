@@ -141,6 +141,33 @@ pub struct JobArgs {
     /// for the process and the records in flight goes to RocksDB and the state write caches.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes, value_name = "BYTES")]
     pub memory_budget: u64,
+
+    /// Processes the job runs as: each runs this binary with the same flags and its own
+    /// --process-index; subtask s of an operator with parallelism p runs in process s * N / p.
+    #[arg(long, value_name = "N", default_value_t = 1, env = "WEIR_PROCESSES",
+          value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Processes")]
+    pub processes: u32,
+
+    /// Which of the --processes this one is (0 is the checkpoint coordinator).
+    #[arg(long, value_name = "I", default_value_t = 0, env = "WEIR_PROCESS_INDEX", help_heading = "Processes")]
+    pub process_index: u32,
+
+    /// host:port of every process in index order, comma-separated, or one pattern with `{i}`
+    /// for the index (e.g. `job-{i}.job-svc:7070` for a Kubernetes StatefulSet).
+    #[arg(long, value_name = "HOST:PORT,...", env = "WEIR_PEERS", value_delimiter = ',', help_heading = "Processes")]
+    pub peers: Vec<String>,
+
+    /// Where this process accepts its peers' connections [default: its own --peers entry].
+    #[arg(long, value_name = "HOST:PORT", env = "WEIR_LISTEN", help_heading = "Processes")]
+    pub listen: Option<String>,
+
+    /// A peer silent this long (no data, no heartbeat) is lost, and the job fails.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Processes")]
+    pub peer_timeout: Duration,
+
+    /// How long a process waits at start for every peer to be reachable.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration, help_heading = "Processes")]
+    pub connect_timeout: Duration,
 }
 
 /// The smallest `--memory-budget`: the process itself (code, threads, allocator arenas, RocksDB's
@@ -177,6 +204,33 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 impl JobArgs {
+    /// The address of every process, `{i}` patterns expanded; empty for a single process.
+    ///
+    /// ```
+    /// let args = weir_runtime::JobArgs { processes: 3, peers: vec!["job-{i}.svc:7070".into()], ..Default::default() };
+    /// assert_eq!(args.peer_addresses().unwrap()[2], "job-2.svc:7070");
+    /// ```
+    pub fn peer_addresses(&self) -> anyhow::Result<Vec<String>> {
+        let n = self.processes as usize;
+        if self.process_index as usize >= n {
+            anyhow::bail!("--process-index {} is not below --processes {n}", self.process_index);
+        }
+        if n == 1 {
+            return Ok(Vec::new());
+        }
+        let peers: Vec<String> = match self.peers.as_slice() {
+            [pattern] if pattern.contains("{i}") => (0..n).map(|i| pattern.replace("{i}", &i.to_string())).collect(),
+            list => list.to_vec(),
+        };
+        if peers.len() != n {
+            anyhow::bail!(
+                "--processes {n} needs {n} addresses in --peers (or one pattern with {{i}}), got {}",
+                peers.len()
+            );
+        }
+        Ok(peers)
+    }
+
     /// Whether checkpoints are taken.
     pub fn checkpointing(&self) -> bool {
         self.checkpoint_dir.is_some() && self.checkpoint_interval.is_some()
@@ -206,6 +260,12 @@ impl Default for JobArgs {
             restart_attempts: 3,
             restart_delay: Duration::from_millis(500),
             memory_budget: 1 << 30,
+            processes: 1,
+            process_index: 0,
+            peers: Vec::new(),
+            listen: None,
+            peer_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -17,11 +17,14 @@ use crate::checkpointing::coordinator::{
     CheckpointConfig, CheckpointCoordinator, Finalize, JobLayout, StoredSubtask, SAVEPOINTS_NEED,
 };
 use crate::checkpointing::io::{io_thread, IoDone, IoJob};
+use crate::checkpointing::peers::{PeerMsg, Peers};
 use crate::checkpointing::restore::SharedRestore;
-use crate::checkpointing::TaskEvent;
+use crate::checkpointing::{SnapshotTiming, TaskEvent};
 use crate::control::{ControlState, SavepointRequest};
+use crate::element::CheckpointBarrier;
 use crate::error::is_cancelled;
 use crate::launch::{launch, LaunchEnv, Tasks};
+use crate::net::Mesh;
 use crate::plan::{sanitize, Plan};
 use crate::progress::Sampler;
 use crate::task::Control;
@@ -42,6 +45,8 @@ pub(crate) struct AttemptEnv<'a> {
     pub control: &'a ControlState,
     pub savepoints: &'a Receiver<SavepointRequest>,
     pub stop_signal: &'a Arc<AtomicBool>,
+    /// The other processes of the job, if it runs as several.
+    pub mesh: Option<&'a Mesh>,
 }
 
 /// How long tasks get to stop after the job failed.
@@ -136,6 +141,126 @@ fn coordinator(
     Ok(CheckpointCoordinator::new(config, layout, first_id, Instant::now()))
 }
 
+/// What the attempt loop carries between events.
+struct Run<'a> {
+    env: &'a AttemptEnv<'a>,
+    tasks: Tasks,
+    /// The checkpoint coordinator: in this process if checkpointing and it is process 0.
+    coord: Option<CheckpointCoordinator>,
+    /// The other processes' control plane, if the job runs as several.
+    peers: Option<Peers<'a>>,
+    io: Sender<IoJob>,
+    failure: Failure,
+    stop_requested: bool,
+}
+
+impl Run<'_> {
+    /// Triggers a checkpoint if one is due (coordinator only).
+    fn maybe_trigger(&mut self) -> Result<()> {
+        let Some(c) = self.coord.as_mut().filter(|_| !self.failure.torn_down) else { return Ok(()) };
+        if self.env.stop_signal.load(Ordering::Relaxed) && c.request_stop() {
+            self.stop_requested = true;
+            tracing::info!("stop requested: taking a final savepoint");
+        }
+        if let Some(barrier) = c.trigger(Instant::now()) {
+            if let Some(st) = self.env.storage {
+                st.reserve(barrier.id)?;
+            }
+            self.inject(barrier);
+            if let Some(p) = &self.peers {
+                if let Err(e) = p.to_all(&PeerMsg::Trigger(barrier)) {
+                    self.failure.fail(e, &self.tasks);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn inject(&self, barrier: CheckpointBarrier) {
+        for s in &self.tasks.source_controls {
+            let _ = s.send(Control::Trigger(barrier));
+        }
+    }
+
+    /// Sends a message to the coordinator; failing to is the job's failure.
+    fn tell_coordinator(&mut self, msg: PeerMsg) {
+        if let Some(Err(e)) = self.peers.as_ref().map(|p| p.to_coordinator(&msg)) {
+            self.failure.fail(e, &self.tasks);
+        }
+    }
+
+    fn on_task_event(&mut self, ev: TaskEvent) {
+        match ev {
+            TaskEvent::SourceEnded => match self.coord.as_mut() {
+                Some(c) => c.source_ended(),
+                None => self.tell_coordinator(PeerMsg::SourceEnded),
+            },
+            TaskEvent::Ack { id, node, subtask, snapshot } => {
+                // Another process's coordinator decides what it wants; it ignores late snapshots.
+                let wanted =
+                    self.coord.as_ref().map_or(self.peers.is_some(), |c| c.wants(id)) && !self.failure.torn_down;
+                let uid = self.env.plan.uids[node].clone();
+                let job = match wanted {
+                    true => IoJob::Upload { id, node, uid, subtask, snapshot },
+                    false => IoJob::Discard { snapshot },
+                };
+                let _ = self.io.send(job);
+            }
+        }
+    }
+
+    fn on_io_done(&mut self, done: IoDone) {
+        match (self.coord.as_mut(), done) {
+            (Some(c), done) => on_io_done(c, done, &self.io, &self.tasks, self.env.control, self.peers.as_ref()),
+            (None, IoDone::Uploaded { id, node, snapshot, new_bytes, timing, async_ms }) => {
+                let (alignment_ms, sync_ms) = (timing.alignment_ms, timing.sync_ms);
+                self.tell_coordinator(PeerMsg::Stored {
+                    id,
+                    node,
+                    snapshot,
+                    new_bytes,
+                    alignment_ms,
+                    sync_ms,
+                    async_ms,
+                })
+            }
+            (None, IoDone::Failed { id, error }) => self.tell_coordinator(PeerMsg::Failed { id, error }),
+            (None, IoDone::Finalized { .. }) => {}
+        }
+    }
+
+    fn on_peer_message(&mut self, from: usize, bytes: &[u8]) {
+        let msg = match Peers::decode(from, bytes) {
+            Ok(m) => m,
+            Err(e) => return self.failure.fail(e, &self.tasks),
+        };
+        if self.failure.torn_down {
+            return;
+        }
+        match (msg, self.coord.as_mut()) {
+            (PeerMsg::Trigger(barrier), None) => self.inject(barrier),
+            (PeerMsg::Complete(id), None) => self.tasks.broadcast(Control::Complete(id)),
+            (PeerMsg::SourceEnded, Some(c)) => c.source_ended(),
+            (PeerMsg::Stored { id, node, snapshot, new_bytes, alignment_ms, sync_ms, async_ms }, Some(_)) => {
+                let timing = SnapshotTiming { alignment_ms, sync_ms, acked_at: Instant::now() };
+                self.on_io_done(IoDone::Uploaded { id, node, snapshot, new_bytes, timing, async_ms })
+            }
+            (PeerMsg::Failed { id, error }, Some(_)) => self.on_io_done(IoDone::Failed { id, error }),
+            (msg, _) => self.failure.fail(anyhow!("process {from} sent {msg:?} to the wrong process"), &self.tasks),
+        }
+    }
+
+    fn check_coordinator(&mut self) {
+        let Some(c) = self.coord.as_mut().filter(|_| !self.failure.torn_down) else { return };
+        if let Some(info) = c.check_timeout(Instant::now()) {
+            self.env.control.record(info);
+        }
+        if let Some(e) = c.failure_exceeded() {
+            self.failure.fail(e, &self.tasks);
+        }
+    }
+}
+
 /// Runs the job's tasks once, from `restore` if given.
 pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Result<AttemptEnd> {
     let (plan, args, control) = (env.plan, env.args, env.control);
@@ -146,6 +271,7 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
         restore: restore.clone(),
         metrics: &control.metrics,
         checkpointing: env.storage.is_some(),
+        mesh: env.mesh,
     };
     let tasks = launch(plan, launch_env)?;
     let source_uids = plan.sources().map(|n| plan.uids[n].clone()).collect();
@@ -153,87 +279,78 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
 
     let (io_tx, io_rx) = unbounded::<IoJob>();
     let (done_tx, mut done_rx) = unbounded::<IoDone>();
-    let (io, mut coord) = match env.storage {
-        Some(st) => (Some(start_io(plan, st, &restore, io_rx, done_tx)?), Some(coordinator(env, st, &restore)?)),
+    let peers = env.mesh.map(Peers::new);
+    let coordinating = peers.as_ref().is_none_or(Peers::is_coordinator);
+    let (io, coord) = match env.storage {
+        Some(st) => (
+            Some(start_io(plan, st, &restore, io_rx, done_tx)?),
+            coordinating.then(|| coordinator(env, st, &restore)).transpose()?,
+        ),
         None => (None, None),
     };
     let mut events_rx = tasks.events.clone();
-    let mut failure = Failure::default();
-    let mut stop_requested = false;
+    let mut peer_failures = env.mesh.map_or_else(crossbeam_channel::never, |m| m.failures().clone());
+    let mut peer_control = env.mesh.map_or_else(crossbeam_channel::never, |m| m.control().clone());
+    let mut run = Run { env, tasks, coord, peers, io: io_tx, failure: Failure::default(), stop_requested: false };
     let mut done = 0;
-    while done < tasks.handles.len() {
-        if let Some(c) = coord.as_mut().filter(|_| !failure.torn_down) {
-            if env.stop_signal.load(Ordering::Relaxed) && c.request_stop() {
-                stop_requested = true;
-                tracing::info!("stop requested: taking a final savepoint");
-            }
-            if let Some(barrier) = c.trigger(Instant::now()) {
-                if let Some(st) = env.storage {
-                    st.reserve(barrier.id)?;
-                }
-                for s in &tasks.source_controls {
-                    let _ = s.send(Control::Trigger(barrier));
-                }
-            }
-        }
+    while done < run.tasks.handles.len() {
+        run.maybe_trigger()?;
         crossbeam_channel::select! {
-            recv(tasks.exits) -> exit => {
+            recv(run.tasks.exits) -> exit => {
                 let Ok(exit) = exit else {
-                    failure.first.get_or_insert(anyhow!("internal error: task exits lost"));
+                    run.failure.first.get_or_insert(anyhow!("internal error: task exits lost"));
                     break;
                 };
                 done += 1;
                 if let Err(e) = exit.result {
-                    failure.task_failed(&exit.label, e, &tasks);
+                    run.failure.task_failed(&exit.label, e, &run.tasks);
                 }
             }
             // The control plane keeps its sender for the life of the job.
             recv(env.savepoints) -> req => if let Ok(req) = req {
-                match coord.as_mut() {
+                match run.coord.as_mut() {
                     Some(c) => c.request_savepoint(req),
+                    None if run.peers.is_some() => {
+                        let _ = req.reply.send(Err("savepoints are taken by process 0's control endpoint".into()));
+                    }
                     None => { let _ = req.reply.send(Err(SAVEPOINTS_NEED.into())); }
                 }
             },
             recv(events_rx) -> ev => match ev {
-                Ok(TaskEvent::SourceEnded) => { if let Some(c) = coord.as_mut() { c.source_ended() } }
-                Ok(TaskEvent::Ack { id, node, subtask, snapshot }) => {
-                    let wanted = coord.as_ref().is_some_and(|c| c.wants(id)) && !failure.torn_down;
-                    let job = match wanted {
-                        true => IoJob::Upload { id, node, uid: plan.uids[node].clone(), subtask, snapshot },
-                        false => IoJob::Discard { snapshot },
-                    };
-                    let _ = io_tx.send(job);
-                }
+                Ok(ev) => run.on_task_event(ev),
                 // Every task is gone (or checkpointing is off): stop selecting on it.
                 Err(_) => events_rx = crossbeam_channel::never(),
             },
-            recv(done_rx) -> d => match (d, coord.as_mut()) {
-                (Ok(done), Some(c)) => on_io_done(c, done, &io_tx, &tasks, control),
-                _ => done_rx = crossbeam_channel::never(),
+            recv(done_rx) -> d => match d {
+                Ok(d) => run.on_io_done(d),
+                Err(_) => done_rx = crossbeam_channel::never(),
+            },
+            recv(peer_control) -> m => match m {
+                Ok((from, bytes)) => run.on_peer_message(from, &bytes),
+                Err(_) => peer_control = crossbeam_channel::never(),
+            },
+            recv(peer_failures) -> e => match e {
+                Ok(e) => run.failure.fail(e, &run.tasks),
+                Err(_) => peer_failures = crossbeam_channel::never(),
             },
             default(Duration::from_millis(20)) => {}
         }
-        if let Some(c) = coord.as_mut().filter(|_| !failure.torn_down) {
-            if let Some(info) = c.check_timeout(Instant::now()) {
-                control.record(info);
-            }
-            if let Some(e) = c.failure_exceeded() {
-                failure.fail(e, &tasks);
-            }
-        }
-        if failure.deadline.is_some_and(|d| Instant::now() > d) {
-            failure.first.get_or_insert(anyhow!("tasks did not stop within 10 s after the job failed"));
+        run.check_coordinator();
+        if run.failure.deadline.is_some_and(|d| Instant::now() > d) {
+            run.failure.first.get_or_insert(anyhow!("tasks did not stop within 10 s after the job failed"));
             break;
         }
-        if coord.is_none() && env.stop_signal.load(Ordering::Relaxed) && !failure.torn_down {
+        let checkpointing = env.storage.is_some();
+        if !checkpointing && env.stop_signal.load(Ordering::Relaxed) && !run.failure.torn_down {
             tracing::info!("stop requested; checkpointing is off, so the job is cancelled");
-            failure.tear_down(&tasks);
-            stop_requested = true;
+            run.failure.tear_down(&run.tasks);
+            run.stop_requested = true;
         }
     }
+    let Run { tasks, failure, stop_requested, io: io_tx, .. } = run;
     drop(io_tx);
     drop(sampler);
-    let checkpointing = coord.is_some();
+    let checkpointing = env.storage.is_some();
     if let Some(e) = failure.first.or(failure.secondary) {
         // A task reports its exit just before its thread ends; the next attempt may reopen the
         // same RocksDB directories only once every thread of this one is gone.
@@ -249,6 +366,9 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
     tasks.handles.into_iter().for_each(|h| drop(h.join()));
     if let Some(io) = io {
         let _ = io.join();
+    }
+    if let Some(m) = env.mesh {
+        m.close();
     }
     Ok(AttemptEnd::Finished)
 }
@@ -268,7 +388,14 @@ fn join_within(handles: Vec<std::thread::JoinHandle<()>>, grace: Duration) -> bo
 
 /// Carries out what the I/O thread reports: finalize a fully stored checkpoint, record a
 /// completed or failed one, and tell the tasks of a completion.
-fn on_io_done(c: &mut CheckpointCoordinator, done: IoDone, io: &Sender<IoJob>, tasks: &Tasks, control: &ControlState) {
+fn on_io_done(
+    c: &mut CheckpointCoordinator,
+    done: IoDone,
+    io: &Sender<IoJob>,
+    tasks: &Tasks,
+    control: &ControlState,
+    peers: Option<&Peers>,
+) {
     match done {
         IoDone::Uploaded { id, node, snapshot, new_bytes, timing, async_ms } => {
             let stored = StoredSubtask { snapshot, new_bytes, timing, async_ms };
@@ -282,6 +409,11 @@ fn on_io_done(c: &mut CheckpointCoordinator, done: IoDone, io: &Sender<IoJob>, t
                 control.record(info);
             }
             tasks.broadcast(Control::Complete(id));
+            if let Some(p) = peers {
+                // A process that misses this fails with its connection; its sinks' pending
+                // output is then committed by the restored run.
+                let _ = p.to_all(&PeerMsg::Complete(id));
+            }
         }
         IoDone::Failed { id, error } => {
             if let Some(info) = c.failed(id, error, Instant::now()) {

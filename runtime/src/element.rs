@@ -29,7 +29,7 @@ impl<T> Record<T> {
 }
 
 /// A checkpoint barrier: everything before it on a channel belongs to checkpoint `id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointBarrier {
     /// Checkpoint id, increasing across restarts.
     pub id: u64,

@@ -18,6 +18,7 @@ use crate::checkpointing::restore::{check_restore, initial_restore, Restore};
 use crate::control::{CheckpointInfo, ControlState, JobInfo, OperatorInfo, SavepointRequest};
 use crate::graph::Graph;
 use crate::metrics::JobMetrics;
+use crate::net::{Mesh, MeshConfig};
 use crate::plan::{plan, sanitize};
 
 /// What a finished job reports.
@@ -136,6 +137,20 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
     };
     let addr = crate::control::start(&args.metrics_addr, control.clone())?;
     tracing::info!("control endpoint on http://{addr}");
+    let peers = args.peer_addresses()?;
+    let mesh = match peers.is_empty() {
+        true => None,
+        false => Some(Mesh::new(MeshConfig {
+            job: job_name.to_string(),
+            index: args.process_index as usize,
+            peers,
+            listen: args.listen.clone(),
+            fingerprint: plan.fingerprint(args),
+            restore: restore.as_ref().map(|r| r.meta.checkpoint_id),
+            peer_timeout: args.peer_timeout,
+            connect_timeout: args.connect_timeout,
+        })?),
+    };
     let attempt_env = AttemptEnv {
         plan: &plan,
         args,
@@ -145,6 +160,7 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         control: &control,
         savepoints: &savepoint_rx,
         stop_signal: &stop_signal,
+        mesh: mesh.as_ref(),
     };
     let mut attempt = 0u32;
     loop {
@@ -153,7 +169,9 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         match end {
             AttemptEnd::Finished => break,
             AttemptEnd::Failed(e) => {
-                let can_restart = storage.is_some() && attempt < args.restart_attempts;
+                // Several processes fail together (fail-stop) and restart together, from outside
+                // (Kubernetes, the launcher): one process alone cannot restart its part.
+                let can_restart = storage.is_some() && attempt < args.restart_attempts && mesh.is_none();
                 if !can_restart {
                     tracing::error!(error = format!("{e:#}"), "job '{job_name}' failed");
                     return Err(e.context(format!("job '{job_name}' failed")));

@@ -18,6 +18,7 @@ use crate::context::BuildContext;
 use crate::error::panic_message;
 use crate::graph::{NodeKind, Partition};
 use crate::metrics::JobMetrics;
+use crate::net::{channel_id, process_of, Mesh};
 use crate::operator::TaskInfo;
 use crate::output::{SendEnv, TaskHead};
 use crate::plan::Plan;
@@ -154,11 +155,16 @@ pub(crate) struct LaunchEnv<'a> {
     pub restore: SharedRestore,
     pub metrics: &'a JobMetrics,
     pub checkpointing: bool,
+    /// The other processes of the job, if it runs as several.
+    pub mesh: Option<&'a Mesh>,
 }
 
 /// Wires a bounded channel for every (producer subtask, consumer subtask) pair of every edge
-/// that crosses tasks, keyed by the (head node, subtask) of the task that owns each end.
-fn wire(plan: &Plan, capacity: usize) -> HashMap<(usize, usize), Wiring> {
+/// that crosses tasks, keyed by the (head node, subtask) of the task that owns each end. With
+/// several processes only this process's ends are made: a pair within it gets a local channel,
+/// a pair across processes a logical channel of the mesh, and other pairs nothing.
+fn wire(plan: &Plan, capacity: usize, mesh: Option<&Mesh>) -> Result<HashMap<(usize, usize), Wiring>> {
+    let (me, processes) = mesh.map_or((0, 1), |m| (m.index(), m.processes()));
     let mut wiring: HashMap<(usize, usize), Wiring> = HashMap::new();
     for (e, edge) in plan.graph.edges.iter().enumerate() {
         if plan.chained[e] {
@@ -169,20 +175,45 @@ fn wire(plan: &Plan, capacity: usize) -> HashMap<(usize, usize), Wiring> {
         for s in 0..pf {
             let targets: Vec<usize> =
                 if matches!(plan.partitions[e], Partition::Forward) { vec![s] } else { (0..pt).collect() };
+            let from = process_of(s, pf, processes);
             for t in targets {
-                let (tx, rx) = ty.channel(capacity);
-                wiring.entry((plan.head_of[edge.from], s)).or_default().senders.entry(e).or_default().push(tx);
-                wiring.entry((plan.head_of[edge.to], t)).or_default().receivers.push((e, edge.input, rx));
+                let to = process_of(t, pt, processes);
+                let (tx, rx) = match (mesh, from == me, to == me) {
+                    (_, false, false) => continue,
+                    (None, _, _) | (Some(_), true, true) => {
+                        let (tx, rx) = ty.channel(capacity);
+                        (Some(tx), Some(rx))
+                    }
+                    (Some(m), true, false) => {
+                        (Some(ty.remote_sender(m.sender(to, channel_id(e, s, t), capacity)?)), None)
+                    }
+                    (Some(m), false, true) => {
+                        let rx: Box<dyn std::any::Any + Send> =
+                            Box::new(m.receiver(from, channel_id(e, s, t), capacity)?);
+                        (None, Some(rx))
+                    }
+                };
+                if let Some(tx) = tx {
+                    wiring.entry((plan.head_of[edge.from], s)).or_default().senders.entry(e).or_default().push(tx);
+                }
+                if let Some(rx) = rx {
+                    wiring.entry((plan.head_of[edge.to], t)).or_default().receivers.push((e, edge.input, rx));
+                }
             }
         }
     }
-    wiring
+    Ok(wiring)
 }
 
 /// Starts one thread per subtask of every task.
 pub(crate) fn launch(plan: &Arc<Plan>, env: LaunchEnv<'_>) -> Result<Tasks> {
     let args = env.args;
-    let mut wiring = wire(plan, args.channel_capacity as usize);
+    let mut wiring = wire(plan, args.channel_capacity as usize, env.mesh)?;
+    if let Some(m) = env.mesh {
+        // Every channel is registered: now the peers may send.
+        m.connect()?;
+    }
+    let (me, processes) = env.mesh.map_or((0, 1), |m| (m.index(), m.processes()));
     let total_subtasks: usize = plan.parallelism.iter().sum();
     let state_memory =
         weir_state::StateMemory::new(crate::args::state_share(args.memory_budget) as usize, total_subtasks);
@@ -196,6 +227,9 @@ pub(crate) fn launch(plan: &Arc<Plan>, env: LaunchEnv<'_>) -> Result<Tasks> {
     for &head in &heads {
         let is_source = matches!(plan.graph.nodes[head].kind, NodeKind::Source(_));
         for subtask in 0..plan.parallelism[head] {
+            if process_of(subtask, plan.parallelism[head], processes) != me {
+                continue;
+            }
             let mut w = wiring.remove(&(head, subtask)).unwrap_or_default();
             let (ctl_tx, ctl_rx) = unbounded::<Control>();
             if is_source {

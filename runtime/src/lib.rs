@@ -26,6 +26,7 @@ pub mod fault;
 mod graph;
 mod launch;
 mod metrics;
+mod net;
 mod operator;
 mod operator_context;
 mod output;

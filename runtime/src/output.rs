@@ -72,8 +72,27 @@ pub(crate) struct SendEnv {
     pub stats: Arc<TaskStats>,
 }
 
+/// Where a network output sends one target subtask's elements: a channel in this process or a
+/// logical channel to another process.
+pub(crate) enum ChannelTx<T> {
+    Local(Sender<StreamElement<T>>),
+    Remote(crate::net::RemoteTx),
+}
+
 /// Blocking send that gives up when the job is cancelled, so a full channel never hangs teardown.
-fn send<T>(tx: &Sender<StreamElement<T>>, el: StreamElement<T>, env: &SendEnv) -> Result<()> {
+fn send<T: Data>(tx: &ChannelTx<T>, el: StreamElement<T>, env: &SendEnv) -> Result<()> {
+    let tx = match tx {
+        ChannelTx::Local(tx) => tx,
+        ChannelTx::Remote(remote) => {
+            let mut body = crate::net::frame::data_frame(remote.channel, 256);
+            crate::net::codec::encode(&el, &mut body)?;
+            let started = Instant::now();
+            if remote.send(body, &env.cancel)? {
+                env.stats.backpressure_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+    };
     let mut el = match tx.try_send(el) {
         Ok(()) => return Ok(()),
         Err(crossbeam_channel::TrySendError::Full(el)) => el,
@@ -108,7 +127,7 @@ pub(crate) enum Mode<T> {
 
 /// Sends records of one edge to the subtasks of the consuming operator.
 pub(crate) struct NetworkOutput<T> {
-    senders: Vec<Sender<StreamElement<T>>>,
+    senders: Vec<ChannelTx<T>>,
     buffers: Vec<Vec<Record<T>>>,
     mode: Mode<T>,
     next: usize,
@@ -117,7 +136,7 @@ pub(crate) struct NetworkOutput<T> {
 }
 
 impl<T: Data> NetworkOutput<T> {
-    pub(crate) fn new(senders: Vec<Sender<StreamElement<T>>>, mode: Mode<T>, env: SendEnv) -> Self {
+    pub(crate) fn new(senders: Vec<ChannelTx<T>>, mode: Mode<T>, env: SendEnv) -> Self {
         let buffers = senders.iter().map(|_| Vec::new()).collect();
         NetworkOutput { senders, buffers, mode, next: 0, key_buf: Vec::new(), env }
     }

@@ -31,6 +31,27 @@ impl Plan {
         (0..self.graph.nodes.len()).filter(|&i| matches!(self.graph.nodes[i].kind, NodeKind::Source(_)))
     }
 
+    /// A hash of everything processes of one job must agree on to exchange data: operators,
+    /// parallelism, edges, their partitioning and chaining, key groups, and the channel flags.
+    pub(crate) fn fingerprint(&self, args: &JobArgs) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // Every process runs the same binary, so the same hasher with the same keys.
+        let mut h = std::hash::DefaultHasher::new();
+        (&self.uids, &self.parallelism, &self.chained, &self.head_of, self.max_parallelism).hash(&mut h);
+        for (e, p) in self.graph.edges.iter().zip(&self.partitions) {
+            let kind = match p {
+                Partition::Forward => 0u8,
+                Partition::Default => 1,
+                Partition::Rebalance => 2,
+                Partition::Broadcast => 3,
+                Partition::Hash { .. } => 4,
+            };
+            (e.from, e.to, e.port, e.input, kind).hash(&mut h);
+        }
+        (args.channel_capacity, args.checkpointing(), args.processes).hash(&mut h);
+        h.finish()
+    }
+
     /// The uids of the operators chained into the task headed by `head`, in order.
     pub(crate) fn chain(&self, head: usize) -> Vec<String> {
         (0..self.graph.nodes.len()).filter(|&n| self.head_of[n] == head).map(|n| self.uids[n].clone()).collect()

@@ -6,18 +6,21 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver};
 
 use crate::element::{Data, Record, StreamElement};
 use crate::graph::Partition;
+use crate::net::{RemoteRx, RemoteTx};
 use crate::output::{
-    Chained, Discard, Erased, ErasedOutput, KeyGroupFn, Mode, NetworkOutput, Output, SendEnv, TaskHead, Tee,
+    Chained, ChannelTx, Discard, Erased, ErasedOutput, KeyGroupFn, Mode, NetworkOutput, Output, SendEnv, TaskHead, Tee,
 };
-use crate::task::{ChannelIn, InputChannel};
+use crate::task::{ChannelIn, InputChannel, RemoteIn};
 
 /// Type-specific plumbing of one output port, so the executor can wire ports of any type.
 pub(crate) trait PortType: Send + Sync {
     fn channel(&self, capacity: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>);
+    /// The sending end of a channel to another process, as [`PortType::channel`] gives it.
+    fn remote_sender(&self, tx: RemoteTx) -> Box<dyn Any + Send>;
     fn network_output(
         &self,
         senders: Vec<Box<dyn Any + Send>>,
@@ -45,7 +48,11 @@ pub(crate) fn unbox_output<T: Data>(b: Box<dyn Any>) -> Result<Box<dyn Output<T>
 impl<T: Data> PortType for TypedPort<T> {
     fn channel(&self, capacity: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>) {
         let (tx, rx) = bounded::<StreamElement<T>>(capacity);
-        (Box::new(tx), Box::new(rx))
+        (Box::new(ChannelTx::Local(tx)), Box::new(rx))
+    }
+
+    fn remote_sender(&self, tx: RemoteTx) -> Box<dyn Any + Send> {
+        Box::new(ChannelTx::<T>::Remote(tx))
     }
 
     fn network_output(
@@ -56,7 +63,7 @@ impl<T: Data> PortType for TypedPort<T> {
     ) -> Result<Box<dyn Any>> {
         let senders = senders
             .into_iter()
-            .map(|s| s.downcast::<Sender<StreamElement<T>>>().map(|s| *s))
+            .map(|s| s.downcast::<ChannelTx<T>>().map(|s| *s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| anyhow!("internal error: channel of the wrong type"))?;
         let mode = match partition {
@@ -103,8 +110,12 @@ impl<T: Data> PortType for TypedPort<T> {
     }
 
     fn input_channel(&self, rx: Box<dyn Any + Send>, input: usize) -> Box<dyn InputChannel> {
-        match rx.downcast::<Receiver<StreamElement<T>>>() {
-            Ok(rx) => Box::new(ChannelIn { rx: *rx, input }),
+        let rx = match rx.downcast::<Receiver<StreamElement<T>>>() {
+            Ok(rx) => return Box::new(ChannelIn { rx: *rx, input }),
+            Err(rx) => rx,
+        };
+        match rx.downcast::<RemoteRx>() {
+            Ok(rx) => Box::new(RemoteIn::<T>::new(*rx, input)),
             // Unreachable by construction: channels are made by the same port type.
             Err(_) => Box::new(ChannelIn { rx: crossbeam_channel::never::<StreamElement<T>>(), input }),
         }

@@ -83,6 +83,48 @@ impl<T: Data> InputChannel for ChannelIn<T> {
     }
 }
 
+/// An input channel from a task in another process: elements arrive encoded and are decoded
+/// on this task's thread.
+pub(crate) struct RemoteIn<T> {
+    rx: crate::net::RemoteRx,
+    input: usize,
+    _records: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> RemoteIn<T> {
+    pub(crate) fn new(rx: crate::net::RemoteRx, input: usize) -> Self {
+        RemoteIn { rx, input, _records: std::marker::PhantomData }
+    }
+}
+
+impl<T: Data> InputChannel for RemoteIn<T> {
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> usize {
+        sel.recv(&self.rx.rx)
+    }
+
+    fn poll(&self, head: &mut dyn TaskHead) -> Result<Event> {
+        let body = match self.rx.try_take() {
+            Ok(b) => b,
+            Err(TryRecvError::Empty) => return Ok(Event::Empty),
+            Err(TryRecvError::Disconnected) => return Ok(Event::Disconnected),
+        };
+        Ok(match crate::net::codec::decode::<T>(&body[crate::net::frame::DATA_AT..])? {
+            StreamElement::Batch(mut b) => {
+                head.process(self.input, &mut b)?;
+                Event::Data
+            }
+            StreamElement::Watermark(w) => Event::Watermark(w),
+            StreamElement::Idle => Event::Idle,
+            StreamElement::Barrier(b) => Event::Barrier(b),
+            StreamElement::EndOfInput => Event::End,
+        })
+    }
+
+    fn queued(&self) -> usize {
+        self.rx.queued()
+    }
+}
+
 /// Watermark bookkeeping over the input channels of one task.
 struct InputWatermarks {
     wm: Vec<i64>,

@@ -42,6 +42,7 @@
 mod align;
 pub(crate) mod coordinator;
 pub(crate) mod io;
+pub(crate) mod peers;
 pub(crate) mod restore;
 pub(crate) mod task;
 

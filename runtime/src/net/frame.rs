@@ -1,0 +1,169 @@
+//! Frames on a connection between two processes: `u32 LE length ‖ kind ‖ body`.
+//!
+//! A data frame's body is built by the sending task itself, header included (see
+//! [`data_frame`]), so an encoded batch is written to the socket without another copy, and the
+//! receiving task decodes straight from the frame ([`DATA_AT`]).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const HELLO: u8 = 0;
+const DATA: u8 = 1;
+const CREDIT: u8 = 2;
+const HEARTBEAT: u8 = 3;
+const CONTROL: u8 = 4;
+const GOODBYE: u8 = 5;
+
+/// Where a data frame's element starts: after the kind and the channel id.
+pub(crate) const DATA_AT: usize = 9;
+
+/// The largest frame accepted; a corrupt length fails the connection instead of allocating it.
+const MAX_FRAME: usize = 1 << 30;
+
+/// What a process says first on a connection, so that processes of different jobs, graphs or
+/// flags never exchange data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub job: String,
+    pub process: usize,
+    pub processes: usize,
+    /// Hash of the job's plan and of the flags that shape its channels.
+    pub fingerprint: u64,
+    /// The checkpoint or savepoint this process restores from: all must restore the same.
+    pub restore: Option<u64>,
+}
+
+/// One frame.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Hello(Hello),
+    /// A stream element for a logical channel: the whole body, see [`data_frame`].
+    Data(Vec<u8>),
+    /// The receiver took `n` elements of a channel off its queue: `n` more may be sent.
+    Credit {
+        channel: u64,
+        n: u32,
+    },
+    /// Sent every second, so a peer that went silent is noticed.
+    Heartbeat,
+    /// A message of the checkpoint control plane.
+    Control(Vec<u8>),
+    /// The sender finished cleanly; the connection closing after it is no failure.
+    Goodbye,
+}
+
+/// An empty data frame body for `channel`; the element is appended to it.
+pub(crate) fn data_frame(channel: u64, capacity: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(DATA_AT + capacity);
+    body.push(DATA);
+    body.extend_from_slice(&channel.to_le_bytes());
+    body
+}
+
+/// The channel of a data frame body.
+pub(crate) fn data_channel(body: &[u8]) -> u64 {
+    body.get(1..DATA_AT).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(u64::MAX)
+}
+
+/// Writes `frame` (buffered; the caller flushes).
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<()> {
+    let small;
+    let body: &[u8] = match frame {
+        Frame::Data(body) => body,
+        Frame::Hello(h) => {
+            small = [&[HELLO][..], &serde_json::to_vec(h)?].concat();
+            &small
+        }
+        Frame::Credit { channel, n } => {
+            small = [&[CREDIT][..], &channel.to_le_bytes(), &n.to_le_bytes()].concat();
+            &small
+        }
+        Frame::Heartbeat => &[HEARTBEAT],
+        Frame::Control(msg) => {
+            small = [&[CONTROL][..], msg].concat();
+            &small
+        }
+        Frame::Goodbye => &[GOODBYE],
+    };
+    w.write_all(&(body.len() as u32).to_le_bytes()).await?;
+    w.write_all(body).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` when the peer closed the connection between frames.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        bail!("a frame of {len} bytes (corrupt stream?)");
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.context("reading a frame")?;
+    Ok(Some(match body[0] {
+        DATA if len >= DATA_AT => Frame::Data(body),
+        HELLO => Frame::Hello(serde_json::from_slice(&body[1..]).context("decoding a hello")?),
+        CREDIT if len == 13 => Frame::Credit {
+            channel: data_channel(&body),
+            n: u32::from_le_bytes([body[9], body[10], body[11], body[12]]),
+        },
+        HEARTBEAT => Frame::Heartbeat,
+        CONTROL => {
+            body.remove(0);
+            Frame::Control(body)
+        }
+        GOODBYE => Frame::Goodbye,
+        kind => bail!("a frame of unknown kind {kind} and {len} bytes"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_a_clean_close_reads_as_none() {
+        let hello = Hello { job: "j".into(), process: 1, processes: 3, fingerprint: 42, restore: Some(4) };
+        let mut data = data_frame(77, 3);
+        data.extend_from_slice(b"abc");
+        let frames = vec![
+            Frame::Hello(hello.clone()),
+            Frame::Data(data.clone()),
+            Frame::Credit { channel: 77, n: 5 },
+            Frame::Heartbeat,
+            Frame::Control(b"{}".to_vec()),
+            Frame::Goodbye,
+        ];
+        let mut wire = Vec::new();
+        for f in &frames {
+            write_frame(&mut wire, f).await.unwrap();
+        }
+        let mut r = &wire[..];
+        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Hello(h)) if h == hello));
+        match read_frame(&mut r).await.unwrap() {
+            Some(Frame::Data(body)) => {
+                assert_eq!(data_channel(&body), 77);
+                assert_eq!(&body[DATA_AT..], b"abc");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Credit { channel: 77, n: 5 })));
+        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Heartbeat)));
+        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Control(m)) if m == b"{}"));
+        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Goodbye)));
+        assert!(read_frame(&mut r).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_length_or_kind_fails_the_read() {
+        assert!(read_frame(&mut &[0u8, 0, 0, 0][..]).await.is_err());
+        assert!(read_frame(&mut &[255u8, 255, 255, 255][..]).await.is_err());
+        assert!(read_frame(&mut &[1u8, 0, 0, 0, 99][..]).await.is_err());
+        assert!(read_frame(&mut &[5u8, 0, 0, 0, 1][..]).await.is_err(), "a truncated frame");
+    }
+}
