@@ -231,6 +231,27 @@ impl JobArgs {
         Ok(peers)
     }
 
+    /// A hash of this process's command line without the flags that differ between the
+    /// processes of one job (`--process-index`, `--state-dir`, `--listen`, `--metrics-addr`,
+    /// `--peers`), so processes started with different job flags refuse each other.
+    pub(crate) fn command_line_fingerprint() -> u64 {
+        use std::hash::{Hash, Hasher};
+        const PER_PROCESS: [&str; 5] = ["--process-index", "--state-dir", "--listen", "--metrics-addr", "--peers"];
+        let mut h = std::hash::DefaultHasher::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let name = a.split('=').next().unwrap_or(&a);
+            if PER_PROCESS.contains(&name) {
+                if !a.contains('=') {
+                    args.next();
+                }
+                continue;
+            }
+            a.hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// Whether checkpoints are taken.
     pub fn checkpointing(&self) -> bool {
         self.checkpoint_dir.is_some() && self.checkpoint_interval.is_some()

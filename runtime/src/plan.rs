@@ -49,6 +49,7 @@ impl Plan {
             (e.from, e.to, e.port, e.input, kind).hash(&mut h);
         }
         (args.channel_capacity, args.checkpointing(), args.processes).hash(&mut h);
+        JobArgs::command_line_fingerprint().hash(&mut h);
         h.finish()
     }
 

@@ -447,3 +447,7 @@ impl Reader {
         drop(inbound);
     }
 }
+
+#[cfg(test)]
+#[path = "mesh_tests.rs"]
+mod tests;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use weir::checkpoint::{inspect, jobs_at, load, local_snapshot, Location};
 use weir::operators::kafka::KafkaSinkState;
 
+mod cluster;
 mod top;
 
 /// Tools for weir checkpoints and savepoints.
@@ -41,11 +42,23 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Several processes of one job on this machine (development and tests).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Kafka state of a job.
     Kafka {
         #[command(subcommand)]
         command: KafkaCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Runs a job binary as N processes (adding --processes, --process-index and --peers to its
+    /// flags), and stops them together: if one fails, all do.
+    Run(cluster::RunArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +246,7 @@ fn main() -> Result<()> {
         }
         Command::Checkpoints { command: CheckpointsCommand::List { dir } } => list(&dir),
         Command::Top { job, interval, once } => top::run(&job, interval, once),
+        Command::Cluster { command: ClusterCommand::Run(args) } => cluster::run(&args),
         Command::Savepoint { command: SavepointCommand::Inspect { path, json } } => {
             let scratch = tempfile::tempdir()?;
             let snap = load(&local_snapshot(&path, scratch.path())?)?;

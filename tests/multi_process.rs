@@ -1,0 +1,308 @@
+//! One job as several processes, each on its own loopback "host" (127.0.0.1, .2, .3) with its own
+//! empty `--state-dir` every run (a new machine), checkpoints and output on the S3-compatible
+//! server: killed again and again at random moments and at named crash points (every process
+//! fails with the one killed, fail-stop), restarted with the same flags, then rescaled to other
+//! numbers of processes and parallelisms; the committed output always equals a failure-free run
+//! in one process.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{example, free_port, read_parts, run_ok, Rng};
+
+const HEADER: &str = "window_start,auction,count,max_price";
+
+fn write_bids(path: &Path, n: i64) {
+    let mut rng = Rng::new(5);
+    let base = 1_767_225_600_000i64;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..n {
+        let t = base + i * 20 - rng.below(3_000) as i64;
+        let (auction, price) = (1000 + rng.below(50), rng.below(100_000));
+        writeln!(
+            f,
+            r#"{{"auction":{auction},"bidder":1,"price":{price},"channel":"c","url":"u","date_time":{t},"extra":""}}"#
+        )
+        .unwrap();
+    }
+}
+
+fn sorted_rows(dir: &Path) -> Vec<String> {
+    let mut rows = read_parts(dir, ".csv", Some(HEADER));
+    rows.sort();
+    rows
+}
+
+/// The processes of one run of the job.
+struct Cluster {
+    procs: Vec<std::process::Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts `n` processes of `auction_windows` with `args`; `crash` names a crash point
+    /// (`point:checkpoint`) for one process.
+    fn start(
+        n: usize,
+        args: &[String],
+        run_dir: &Path,
+        env: &[(String, String)],
+        crash: Option<(usize, String)>,
+    ) -> Self {
+        let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+        let peers: Vec<String> = (0..n).map(|i| format!("{}:{}", hosts[i % 3], free_port())).collect();
+        std::fs::create_dir_all(run_dir).unwrap();
+        let mut procs = Vec::new();
+        let mut logs = Vec::new();
+        for i in 0..n {
+            let log = run_dir.join(format!("process-{i}.log"));
+            let mut cmd = Command::new(example("auction_windows"));
+            cmd.args(args)
+                .args(["--processes", &n.to_string(), "--process-index", &i.to_string(), "--peers", &peers.join(",")])
+                .args(["--state-dir", run_dir.join(format!("state-{i}")).to_str().unwrap()])
+                .args(["--peer-timeout", "3s"])
+                .envs(env.iter().cloned())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            if let Some((p, point)) = &crash {
+                if *p == i {
+                    cmd.env("WEIR_CRASH_AT", point);
+                }
+            }
+            procs.push(cmd.spawn().expect("starting a process of the job"));
+            logs.push(log);
+        }
+        Cluster { procs, logs }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.logs[i]).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (0..self.procs.len()).map(|i| format!("--- process {i}:\n{}", self.log(i))).collect()
+    }
+
+    /// Waits for every process to end (at most `limit`), returning their statuses.
+    fn wait(&mut self, limit: Duration) -> Vec<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let mut out = vec![None; self.procs.len()];
+        while out.iter().any(Option::is_none) {
+            for (i, p) in self.procs.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    out[i] = p.try_wait().unwrap();
+                }
+            }
+            if Instant::now() > deadline {
+                let logs = self.logs();
+                self.procs.iter_mut().for_each(|p| drop(p.kill()));
+                panic!("the processes did not all end within {limit:?}: {out:?}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// SIGKILLs process `victim` and checks that every other one fails on its own, promptly.
+    fn kill_one(&mut self, victim: usize) {
+        let _ = self.procs[victim].kill();
+        let killed = Instant::now();
+        let statuses = self.wait(Duration::from_secs(15));
+        for (i, s) in statuses.iter().enumerate() {
+            if i == victim || s.signal() == Some(9) {
+                continue;
+            }
+            // It may have finished just before the kill; otherwise it failed because of it.
+            let log = self.log(i);
+            assert!(
+                s.success() || log.contains("lost the connection to process"),
+                "process {i} ended with {s:?} without naming the lost peer:\n{log}"
+            );
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "fail-stop took {:?}", killed.elapsed());
+    }
+}
+
+/// Fails with the rows that differ (not all of them).
+fn assert_same_rows(got: &[String], expected: &[String]) {
+    let missing: Vec<&String> = expected.iter().filter(|r| got.binary_search(r).is_err()).take(5).collect();
+    let extra: Vec<&String> = got.iter().filter(|r| expected.binary_search(r).is_err()).take(5).collect();
+    assert!(
+        got == expected,
+        "committed windows differ from the failure-free run: {} rows vs {}, missing {missing:?}, extra {extra:?}",
+        got.len(),
+        expected.len()
+    );
+}
+
+/// One source subtask (in process 0), so that which bids are late is the same in every run;
+/// the windows and sinks at `parallelism`, spread over the processes.
+fn job_args(input: &Path, out: &str, chk: &str, parallelism: usize) -> Vec<String> {
+    let p = parallelism.to_string();
+    ["--input", input.to_str().unwrap(), "--output", out, "--window-parallelism", &p, "--progress-interval", "0s"]
+        .iter()
+        .chain(&["--checkpoint-dir", chk, "--checkpoint-interval", "100ms", "--rate", "4000"])
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[test]
+fn three_processes_survive_kills_of_any_process_on_new_machines() {
+    let bucket = common::s3::bucket("multi-kills");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 40_000);
+    let ref_out = dir.path().join("ref-out");
+    let reference = ["--input", input.to_str().unwrap(), "--output", ref_out.to_str().unwrap()];
+    run_ok("auction_windows", &reference);
+    let expected = sorted_rows(&ref_out);
+    assert!(expected.len() > 500);
+
+    let args = job_args(&input, &bucket.url("out"), &bucket.url("chk"), 3);
+    let env = bucket.env();
+    let mut rng = Rng::new(15);
+    // The coordinator (process 0) completes checkpoints; every process snapshots and commits.
+    let named =
+        [(1, "mid-snapshot"), (0, "after-checkpoint-complete"), (0, "before-sink-commit"), (2, "mid-sink-commit")];
+    let mut kills = 0;
+    let mut run = 0;
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(600), "not done within 600 s ({kills} kills)");
+        run += 1;
+        let run_dir = dir.path().join(format!("run-{run}"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let next = bucket.max_checkpoint("chk/auction_windows") + 2;
+        if kills < named.len() {
+            // A named crash point in one process: it kills itself there, the others follow.
+            let (p, point) = named[kills];
+            let mut c = Cluster::start(3, &args, &run_dir, &env, Some((p, format!("{point}:{next}"))));
+            let statuses = c.wait(Duration::from_secs(120));
+            assert_eq!(statuses[p].signal(), Some(9), "process {p} crashes at {point}:\n{}", c.logs());
+            assert!(c.log(p).contains("WEIR_CRASH_AT: crashing at"), "{}", c.log(p));
+            kills += 1;
+        } else if kills < named.len() + 12 {
+            let mut c = Cluster::start(3, &args, &run_dir, &env, None);
+            std::thread::sleep(Duration::from_millis(300 + rng.below(1_200)));
+            if c.procs.iter_mut().any(|p| p.try_wait().unwrap().is_some()) {
+                let statuses = c.wait(Duration::from_secs(60));
+                assert!(statuses.iter().all(|s| s.success()), "ended early:\n{}", c.logs());
+                panic!("the job finished after {kills} kills; give it more input");
+            }
+            c.kill_one(rng.below(3) as usize);
+            kills += 1;
+        } else {
+            let mut c = Cluster::start(3, &args, &run_dir, &env, None);
+            let statuses = c.wait(Duration::from_secs(300));
+            assert!(statuses.iter().all(|s| s.success()), "the last run fails:\n{}", c.logs());
+            break;
+        }
+    }
+    bucket.assert_no_open_uploads("out/");
+    let out = dir.path().join("out");
+    bucket.download("out", &out);
+    assert_same_rows(&sorted_rows(&out), &expected);
+}
+
+#[test]
+fn a_job_moves_between_numbers_of_processes_and_parallelisms() {
+    let bucket = common::s3::bucket("multi-rescale");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 40_000);
+    let ref_out = dir.path().join("ref-out");
+    run_ok("auction_windows", &["--input", input.to_str().unwrap(), "--output", ref_out.to_str().unwrap()]);
+    let env = bucket.env();
+    let (out, chk) = (bucket.url("out"), bucket.url("chk"));
+    // 3 processes at parallelism 3, then 2 at 4, each killed after a few checkpoints; then 1
+    // process at parallelism 2 finishes.
+    for (run, (n, p)) in [(3, 3), (2, 4)].into_iter().enumerate() {
+        let run_dir = dir.path().join(format!("run-{run}"));
+        let first = bucket.max_checkpoint("chk/auction_windows");
+        let mut c = Cluster::start(n, &job_args(&input, &out, &chk, p), &run_dir, &env, None);
+        let started = Instant::now();
+        while bucket.max_checkpoint("chk/auction_windows") < first + 4 {
+            assert!(c.procs.iter_mut().all(|x| x.try_wait().unwrap().is_none()), "ended early:\n{}", c.logs());
+            assert!(started.elapsed() < Duration::from_secs(60), "no checkpoints:\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.kill_one(n - 1);
+    }
+    let last = dir.path().join("run-last");
+    let mut c = Cluster::start(1, &job_args(&input, &out, &chk, 2), &last, &env, None);
+    assert!(c.wait(Duration::from_secs(300))[0].success(), "{}", c.logs());
+    let local = dir.path().join("out");
+    bucket.download("out", &local);
+    assert_same_rows(&sorted_rows(&local), &sorted_rows(&ref_out));
+}
+
+#[test]
+fn a_frozen_process_fails_the_job_within_the_peer_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 20_000);
+    let chk = dir.path().join("chk");
+    let args = job_args(&input, dir.path().join("out").to_str().unwrap(), chk.to_str().unwrap(), 2);
+    let mut c = Cluster::start(2, &args, dir.path(), &[], None);
+    common::await_checkpoint(&mut c.procs[0], &chk.join("auction_windows"), 2);
+    // SIGSTOP: the connection stays open, but the process says nothing any more.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.procs[1].id() as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = c.procs[0].try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "process 0 still runs 20 s after its peer froze");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = stopped.elapsed();
+    c.procs[1].kill().unwrap();
+    c.procs[1].wait().unwrap();
+    assert!(!status.success());
+    let log = c.log(0);
+    assert!(log.contains("lost the connection to process 1") && log.contains("no word from it"), "{log}");
+    // --peer-timeout 3s, and sends to the frozen peer block on credits long before that.
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "failed after {took:?}");
+}
+
+#[test]
+fn the_launcher_runs_a_job_as_processes_and_refuses_mismatched_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 20_000);
+    let ref_out = dir.path().join("ref-out");
+    run_ok("auction_windows", &["--input", input.to_str().unwrap(), "--output", ref_out.to_str().unwrap()]);
+    let out = dir.path().join("out");
+    let state = dir.path().join("state-{i}");
+    let job = example("auction_windows");
+    let port = free_port().to_string();
+    let launch = |extra: &[&str]| {
+        Command::new(common::weir_cli())
+            .args(["cluster", "run", "--processes", "2", "--base-port", &port, "--hosts", "127.0.0.1,127.0.0.2", "--"])
+            .arg(&job)
+            .args(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--window-parallelism", "2"])
+            .args(["--state-dir", state.to_str().unwrap(), "--progress-interval", "0s", "--connect-timeout", "5s"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = launch(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_rows(&sorted_rows(&out), &sorted_rows(&ref_out));
+    assert!(dir.path().join("state-0").exists() && dir.path().join("state-1").exists(), "{{i}} is the process index");
+
+    // Process 1 with another window length runs another job: refused, and both fail.
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = launch(&["--window", "1{i}s"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("every process must run the same binary with the same flags"), "{err}");
+}
