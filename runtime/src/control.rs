@@ -170,6 +170,7 @@ fn prometheus(s: &ControlState) -> String {
     if let Some(wm) = s.metrics.min_watermark() {
         let _ = writeln!(out, "# HELP weir_job_watermark_ms The lowest watermark of the job.\n# TYPE weir_job_watermark_ms gauge\nweir_job_watermark_ms {wm}");
     }
+    network(&mut out, &s.metrics);
     let checkpoints = s.checkpoints.lock();
     let _ = writeln!(out, "# TYPE weir_checkpoints_total counter");
     for status in ["completed", "failed", "timed out"] {
@@ -190,6 +191,48 @@ fn prometheus(s: &ControlState) -> String {
         }
     }
     out
+}
+
+/// Channels to and from other processes: bytes, records and (sending) time waiting for credits.
+fn network(out: &mut String, metrics: &crate::metrics::JobMetrics) {
+    use std::fmt::Write;
+    let channels = metrics.channels();
+    if channels.is_empty() {
+        return;
+    }
+    // (name, help, value from (bytes, records, backpressure ns), sender side only)
+    type Family = (&'static str, &'static str, fn(&[u64; 3]) -> f64, bool);
+    let families: [Family; 3] = [
+        (
+            "network_bytes_total",
+            "Bytes of stream elements sent to or received from another process.",
+            |v| v[0] as f64,
+            false,
+        ),
+        ("network_records_total", "Records sent to or received from another process.", |v| v[1] as f64, false),
+        (
+            "network_backpressured_ms_total",
+            "Milliseconds a sender waited for credits of a channel.",
+            |v| v[2] as f64 / 1e6,
+            true,
+        ),
+    ];
+    for (name, help, get, out_only) in families {
+        let _ = writeln!(out, "# HELP weir_{name} {help}\n# TYPE weir_{name} counter");
+        for (k, v) in channels.iter().filter(|(k, _)| !out_only || k.direction == "out") {
+            let _ = writeln!(
+                out,
+                "weir_{name}{{direction=\"{}\",from=\"{}\",from_subtask=\"{}\",to=\"{}\",to_subtask=\"{}\",peer=\"{}\"}} {}",
+                k.direction,
+                label(&k.from),
+                k.from_subtask,
+                label(&k.to),
+                k.to_subtask,
+                k.peer,
+                get(v)
+            );
+        }
+    }
 }
 
 async fn metrics(State(s): State<ControlState>) -> Response {

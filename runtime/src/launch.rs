@@ -17,7 +17,7 @@ use crate::checkpointing::{CheckpointEnv, SharedRestore, TaskEvent};
 use crate::context::BuildContext;
 use crate::error::panic_message;
 use crate::graph::{NodeKind, Partition};
-use crate::metrics::JobMetrics;
+use crate::metrics::{ChannelKey, JobMetrics};
 use crate::net::{channel_id, process_of, Mesh};
 use crate::operator::TaskInfo;
 use crate::output::{SendEnv, TaskHead};
@@ -163,7 +163,12 @@ pub(crate) struct LaunchEnv<'a> {
 /// that crosses tasks, keyed by the (head node, subtask) of the task that owns each end. With
 /// several processes only this process's ends are made: a pair within it gets a local channel,
 /// a pair across processes a logical channel of the mesh, and other pairs nothing.
-fn wire(plan: &Plan, capacity: usize, mesh: Option<&Mesh>) -> Result<HashMap<(usize, usize), Wiring>> {
+fn wire(
+    plan: &Plan,
+    capacity: usize,
+    mesh: Option<&Mesh>,
+    metrics: &JobMetrics,
+) -> Result<HashMap<(usize, usize), Wiring>> {
     let (me, processes) = mesh.map_or((0, 1), |m| (m.index(), m.processes()));
     let mut wiring: HashMap<(usize, usize), Wiring> = HashMap::new();
     for (e, edge) in plan.graph.edges.iter().enumerate() {
@@ -178,6 +183,17 @@ fn wire(plan: &Plan, capacity: usize, mesh: Option<&Mesh>) -> Result<HashMap<(us
             let from = process_of(s, pf, processes);
             for t in targets {
                 let to = process_of(t, pt, processes);
+                let stats = |direction, peer| {
+                    let (from_uid, to_uid) = (plan.uids[edge.from].clone(), plan.uids[edge.to].clone());
+                    metrics.channel(ChannelKey {
+                        direction,
+                        from: from_uid,
+                        from_subtask: s,
+                        to: to_uid,
+                        to_subtask: t,
+                        peer,
+                    })
+                };
                 let (tx, rx) = match (mesh, from == me, to == me) {
                     (_, false, false) => continue,
                     (None, _, _) | (Some(_), true, true) => {
@@ -185,11 +201,11 @@ fn wire(plan: &Plan, capacity: usize, mesh: Option<&Mesh>) -> Result<HashMap<(us
                         (Some(tx), Some(rx))
                     }
                     (Some(m), true, false) => {
-                        (Some(ty.remote_sender(m.sender(to, channel_id(e, s, t), capacity)?)), None)
+                        (Some(ty.remote_sender(m.sender(to, channel_id(e, s, t), capacity, stats("out", to))?)), None)
                     }
                     (Some(m), false, true) => {
                         let rx: Box<dyn std::any::Any + Send> =
-                            Box::new(m.receiver(from, channel_id(e, s, t), capacity)?);
+                            Box::new(m.receiver(from, channel_id(e, s, t), capacity, stats("in", from))?);
                         (None, Some(rx))
                     }
                 };
@@ -208,7 +224,7 @@ fn wire(plan: &Plan, capacity: usize, mesh: Option<&Mesh>) -> Result<HashMap<(us
 /// Starts one thread per subtask of every task.
 pub(crate) fn launch(plan: &Arc<Plan>, env: LaunchEnv<'_>) -> Result<Tasks> {
     let args = env.args;
-    let mut wiring = wire(plan, args.channel_capacity as usize, env.mesh)?;
+    let mut wiring = wire(plan, args.channel_capacity as usize, env.mesh, env.metrics)?;
     if let Some(m) = env.mesh {
         // Every channel is registered: now the peers may send.
         m.connect()?;

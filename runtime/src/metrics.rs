@@ -23,6 +23,30 @@ struct Registry {
     tasks: BTreeMap<(String, usize), Arc<TaskStats>>,
     /// The task each operator subtask runs in.
     task_of: BTreeMap<(String, usize), String>,
+    /// Logical channels to and from other processes.
+    channels: BTreeMap<ChannelKey, Arc<ChannelStats>>,
+}
+
+/// One end of a logical channel between processes, as `/metrics` labels it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ChannelKey {
+    /// `"out"` (this process sends) or `"in"`.
+    pub direction: &'static str,
+    pub from: String,
+    pub from_subtask: usize,
+    pub to: String,
+    pub to_subtask: usize,
+    /// The other process.
+    pub peer: usize,
+}
+
+/// What went through one end of a channel between processes.
+#[derive(Default)]
+pub(crate) struct ChannelStats {
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    /// Sender side: time spent waiting for credits.
+    pub backpressure_ns: AtomicU64,
 }
 
 /// Every metric of a job. Cheap to clone; tasks update atomics, readers take snapshots.
@@ -142,6 +166,24 @@ impl JobMetrics {
             r.task_of.insert((op.clone(), subtask), head.to_string());
         }
         stats
+    }
+
+    /// Registers one end of a channel between processes.
+    pub(crate) fn channel(&self, key: ChannelKey) -> Arc<ChannelStats> {
+        self.registry.lock().channels.entry(key).or_default().clone()
+    }
+
+    /// Every channel end between processes with its `(bytes, records, backpressure ns)`.
+    pub(crate) fn channels(&self) -> Vec<(ChannelKey, [u64; 3])> {
+        let r = self.registry.lock();
+        let load = |c: &ChannelStats| {
+            [
+                c.bytes.load(Ordering::Relaxed),
+                c.records.load(Ordering::Relaxed),
+                c.backpressure_ns.load(Ordering::Relaxed),
+            ]
+        };
+        r.channels.iter().map(|(k, c)| (k.clone(), load(c))).collect()
     }
 
     /// Counters summed over subtasks, by `<uid>.<name>`.

@@ -86,6 +86,9 @@ fn send<T: Data>(tx: &ChannelTx<T>, el: StreamElement<T>, env: &SendEnv) -> Resu
         ChannelTx::Remote(remote) => {
             let mut body = crate::net::frame::data_frame(remote.channel, 256);
             crate::net::codec::encode(&el, &mut body)?;
+            if let StreamElement::Batch(b) = &el {
+                remote.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
             let started = Instant::now();
             if remote.send(body, &env.cancel)? {
                 env.stats.backpressure_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);

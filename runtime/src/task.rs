@@ -110,6 +110,7 @@ impl<T: Data> InputChannel for RemoteIn<T> {
         };
         Ok(match crate::net::codec::decode::<T>(&body[crate::net::frame::DATA_AT..])? {
             StreamElement::Batch(mut b) => {
+                self.rx.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);
                 head.process(self.input, &mut b)?;
                 Event::Data
             }

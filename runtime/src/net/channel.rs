@@ -18,6 +18,7 @@ use parking_lot::{Condvar, Mutex};
 use super::frame::Frame;
 use super::mesh::Link;
 use crate::error::Cancelled;
+use crate::metrics::ChannelStats;
 
 /// Elements a sender may still send on one channel.
 pub(crate) struct Credits {
@@ -59,6 +60,7 @@ pub(crate) struct RemoteTx {
     pub(crate) channel: u64,
     pub(crate) credits: Arc<Credits>,
     pub(crate) link: Arc<Link>,
+    pub(crate) stats: Arc<ChannelStats>,
 }
 
 impl RemoteTx {
@@ -67,12 +69,21 @@ impl RemoteTx {
     /// Returns whether it had to wait.
     pub(crate) fn send(&self, body: Vec<u8>, cancel: &AtomicBool) -> Result<bool> {
         let mut waited = false;
+        let mut since = std::time::Instant::now();
         while !self.credits.take(Duration::from_millis(50)) {
             waited = true;
+            // Accounted slice by slice, so a sender stuck for good shows in the metrics too.
+            let now = std::time::Instant::now();
+            self.stats.backpressure_ns.fetch_add((now - since).as_nanos() as u64, Ordering::Relaxed);
+            since = now;
             if cancel.load(Ordering::Relaxed) || self.link.is_down() {
                 return Err(Cancelled.into());
             }
         }
+        if waited {
+            self.stats.backpressure_ns.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        self.stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         self.link.send(Frame::Data(body)).map_err(|_| Cancelled)?;
         Ok(waited)
     }
@@ -83,6 +94,7 @@ pub(crate) struct RemoteRx {
     pub(crate) channel: u64,
     pub(crate) rx: Receiver<Vec<u8>>,
     pub(crate) link: Arc<Link>,
+    pub(crate) stats: Arc<ChannelStats>,
 }
 
 impl RemoteRx {
@@ -91,6 +103,7 @@ impl RemoteRx {
         // Every element is delivered before the end is seen: the connection's reader drops its
         // side only after the last frame, so a disconnect loses nothing.
         let body = self.rx.try_recv()?;
+        self.stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         // A lost connection fails the job through the mesh; the credit can go nowhere then.
         let _ = self.link.send(Frame::Credit { channel: self.channel, n: 1 });
         Ok(body)

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::channel::{Credits, RemoteRx, RemoteTx};
 use super::frame::{data_channel, read_frame, write_frame, Frame, Hello};
+use crate::metrics::ChannelStats;
 
 /// How often a connection says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -142,19 +143,31 @@ impl Mesh {
     }
 
     /// The sending end of logical channel `channel` to `peer`, with `capacity` credits.
-    pub(crate) fn sender(&self, peer: usize, channel: u64, capacity: usize) -> Result<RemoteTx> {
+    pub(crate) fn sender(
+        &self,
+        peer: usize,
+        channel: u64,
+        capacity: usize,
+        stats: Arc<ChannelStats>,
+    ) -> Result<RemoteTx> {
         let link = self.link(peer)?;
         let credits = Arc::new(Credits::new(capacity as u32));
         link.credits.lock().insert(channel, credits.clone());
-        Ok(RemoteTx { channel, credits, link })
+        Ok(RemoteTx { channel, credits, link, stats })
     }
 
     /// The receiving end of logical channel `channel` from `peer`, holding `capacity` elements.
-    pub(crate) fn receiver(&self, peer: usize, channel: u64, capacity: usize) -> Result<RemoteRx> {
+    pub(crate) fn receiver(
+        &self,
+        peer: usize,
+        channel: u64,
+        capacity: usize,
+        stats: Arc<ChannelStats>,
+    ) -> Result<RemoteRx> {
         let link = self.link(peer)?;
         let (tx, rx) = bounded(capacity);
         link.inbound.lock().insert(channel, tx);
-        Ok(RemoteRx { channel, rx, link })
+        Ok(RemoteRx { channel, rx, link, stats })
     }
 
     /// Failures of connections (each reported once).

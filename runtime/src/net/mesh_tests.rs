@@ -64,10 +64,10 @@ fn a_stalled_channel_stalls_only_its_own_sender() {
     let mut ends = None;
     let (a, b) = pair(
         |a, b| {
-            let stalled_tx = b.sender(0, 1, 4).unwrap();
-            let busy_tx = b.sender(0, 2, 4).unwrap();
-            let stalled_rx = a.receiver(1, 1, 4).unwrap();
-            let busy_rx = a.receiver(1, 2, 4).unwrap();
+            let stalled_tx = b.sender(0, 1, 4, Default::default()).unwrap();
+            let busy_tx = b.sender(0, 2, 4, Default::default()).unwrap();
+            let stalled_rx = a.receiver(1, 1, 4, Default::default()).unwrap();
+            let busy_rx = a.receiver(1, 2, 4, Default::default()).unwrap();
             ends = Some((stalled_tx, busy_tx, stalled_rx, busy_rx));
         },
         Duration::from_secs(10),
