@@ -267,7 +267,9 @@ impl InputState {
                 }
                 return Ok(Flow::Wait);
             }
-            Event::Disconnected if marks.ended[i] => {
+            // After a terminal barrier nothing follows on any channel; its sender may be gone
+            // before this task hears of the completion (another process that already ended).
+            Event::Disconnected if marks.ended[i] || self.terminal.is_some() => {
                 self.disconnected[i] = true;
                 return Ok(Flow::Wait);
             }
