@@ -287,12 +287,29 @@ fn a_frozen_process_fails_the_job_within_the_peer_timeout() {
         |c: &Cluster| ureq::get(&format!("http://{}/metrics", c.control[0])).call().unwrap().into_string().unwrap();
     // Records cross to process 1 and come back from it (its window subtask's output goes to
     // its own sink, but the source in process 0 feeds both window subtasks).
-    let sent = || sum(&metrics(&c), "weir_network_records_total{direction=\"out\"", "peer=\"1\"");
+    let sent = || sum(&metrics(&c), "weir_network_records_total{process=\"0\",direction=\"out\"", "peer=\"1\"");
     let deadline = Instant::now() + Duration::from_secs(10);
     while sent() == 0.0 {
         assert!(Instant::now() < deadline, "process 0 counts the records it sent to process 1:\n{}", metrics(&c));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Process 0's control endpoint shows the whole job: the window subtask of process 1 with the
+    // records it took in, and process 1's ends of the channels.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job: serde_json::Value =
+            ureq::get(&format!("http://{}/job", c.control[0])).call().unwrap().into_json().unwrap();
+        let windows = job["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "auction-windows").unwrap();
+        let subtasks = windows["subtasks"].as_array().unwrap();
+        let remote_in = subtasks.iter().find(|t| t["subtask"] == 1).and_then(|t| t["records_in"].as_u64());
+        if subtasks.len() == 2 && remote_in.is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "process 0 does not show process 1's subtask: {windows}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = metrics(&c);
+    assert!(m.contains("weir_network_records_total{process=\"1\",direction=\"in\""), "{m}");
     // SIGSTOP: the connection stays open, but the process says nothing any more.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(c.procs[1].id() as i32, libc::SIGSTOP) };
@@ -301,7 +318,7 @@ fn a_frozen_process_fails_the_job_within_the_peer_timeout() {
     // waits, which the metrics show before the peer timeout fails the job.
     std::thread::sleep(Duration::from_millis(3_500));
     let m = metrics(&c);
-    let waited = sum(&m, "weir_network_backpressured_ms_total{direction=\"out\"", "peer=\"1\"");
+    let waited = sum(&m, "weir_network_backpressured_ms_total{process=\"0\",direction=\"out\"", "peer=\"1\"");
     assert!(waited > 300.0, "the sender to the frozen process waited for credits ({waited} ms):\n{m}");
     let deadline = stopped + Duration::from_secs(20);
     let status = loop {

@@ -152,6 +152,8 @@ struct Run<'a> {
     io: Sender<IoJob>,
     failure: Failure,
     stop_requested: bool,
+    /// When this process last sent its metrics to process 0.
+    metrics_sent: Instant,
 }
 
 impl Run<'_> {
@@ -238,6 +240,9 @@ impl Run<'_> {
             return;
         }
         match (msg, self.coord.as_mut()) {
+            (PeerMsg::Metrics(view), _) if self.peers.as_ref().is_some_and(Peers::is_coordinator) => {
+                self.env.control.metrics.set_remote(from, *view)
+            }
             (PeerMsg::Trigger(barrier), None) => self.inject(barrier),
             (PeerMsg::Complete(id), None) => self.tasks.broadcast(Control::Complete(id)),
             (PeerMsg::SourceEnded, Some(c)) => c.source_ended(),
@@ -248,6 +253,17 @@ impl Run<'_> {
             (PeerMsg::Failed { id, error }, Some(_)) => self.on_io_done(IoDone::Failed { id, error }),
             (msg, _) => self.failure.fail(anyhow!("process {from} sent {msg:?} to the wrong process"), &self.tasks),
         }
+    }
+
+    /// Sends this process's metrics to process 0 once a second (other processes only).
+    fn report_metrics(&mut self) {
+        let Some(p) = self.peers.as_ref().filter(|p| !p.is_coordinator()) else { return };
+        if self.metrics_sent.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.metrics_sent = Instant::now();
+        // Best effort: a lost connection fails the job through the mesh anyway.
+        let _ = p.to_coordinator(&PeerMsg::Metrics(Box::new(self.env.control.metrics.view())));
     }
 
     fn check_coordinator(&mut self) {
@@ -291,7 +307,16 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
     let mut events_rx = tasks.events.clone();
     let mut peer_failures = env.mesh.map_or_else(crossbeam_channel::never, |m| m.failures().clone());
     let mut peer_control = env.mesh.map_or_else(crossbeam_channel::never, |m| m.control().clone());
-    let mut run = Run { env, tasks, coord, peers, io: io_tx, failure: Failure::default(), stop_requested: false };
+    let mut run = Run {
+        env,
+        tasks,
+        coord,
+        peers,
+        io: io_tx,
+        failure: Failure::default(),
+        stop_requested: false,
+        metrics_sent: Instant::now(),
+    };
     let mut done = 0;
     while done < run.tasks.handles.len() {
         run.maybe_trigger()?;
@@ -336,6 +361,7 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
             default(Duration::from_millis(20)) => {}
         }
         run.check_coordinator();
+        run.report_metrics();
         if run.failure.deadline.is_some_and(|d| Instant::now() > d) {
             run.failure.first.get_or_insert(anyhow!("tasks did not stop within 10 s after the job failed"));
             break;

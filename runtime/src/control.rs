@@ -126,8 +126,10 @@ fn prometheus(s: &ControlState) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     // Counters per operator subtask, grouped by name as the format requires.
+    // The whole job: with several processes, process 0 shows what the others reported too.
+    let view = s.metrics.job_view();
     let mut by_name: std::collections::BTreeMap<String, Vec<(String, usize, u64)>> = Default::default();
-    for ((uid, subtask, name), v) in s.metrics.subtask_counters() {
+    for ((uid, subtask, name), v) in view.counters.iter().cloned() {
         by_name.entry(metric_name(&name)).or_default().push((uid, subtask, v));
     }
     for (name, rows) in by_name {
@@ -136,7 +138,6 @@ fn prometheus(s: &ControlState) -> String {
             let _ = writeln!(out, "weir_{name}_total{{operator=\"{}\",subtask=\"{subtask}\"}} {v}", label(&uid));
         }
     }
-    let sample = s.metrics.latest();
     type Gauge = (&'static str, &'static str, fn(&SubtaskSample) -> Option<f64>);
     let gauges: [Gauge; 7] = [
         ("records_in_per_second", "Records received per second.", |t| Some(t.records_in_per_sec)),
@@ -155,7 +156,7 @@ fn prometheus(s: &ControlState) -> String {
     ];
     for (name, help, get) in gauges {
         let _ = writeln!(out, "# HELP weir_{name} {help}\n# TYPE weir_{name} gauge");
-        for t in &sample.subtasks {
+        for t in &view.subtasks {
             if let Some(v) = get(t) {
                 let _ = writeln!(
                     out,
@@ -167,10 +168,10 @@ fn prometheus(s: &ControlState) -> String {
             }
         }
     }
-    if let Some(wm) = s.metrics.min_watermark() {
+    if let Some(wm) = view.watermark {
         let _ = writeln!(out, "# HELP weir_job_watermark_ms The lowest watermark of the job.\n# TYPE weir_job_watermark_ms gauge\nweir_job_watermark_ms {wm}");
     }
-    network(&mut out, &s.metrics);
+    network(&mut out, &view.channels);
     let checkpoints = s.checkpoints.lock();
     let _ = writeln!(out, "# TYPE weir_checkpoints_total counter");
     for status in ["completed", "failed", "timed out"] {
@@ -194,9 +195,8 @@ fn prometheus(s: &ControlState) -> String {
 }
 
 /// Channels to and from other processes: bytes, records and (sending) time waiting for credits.
-fn network(out: &mut String, metrics: &crate::metrics::JobMetrics) {
+fn network(out: &mut String, channels: &[(crate::metrics::ChannelKey, [u64; 3])]) {
     use std::fmt::Write;
-    let channels = metrics.channels();
     if channels.is_empty() {
         return;
     }
@@ -222,7 +222,8 @@ fn network(out: &mut String, metrics: &crate::metrics::JobMetrics) {
         for (k, v) in channels.iter().filter(|(k, _)| !out_only || k.direction == "out") {
             let _ = writeln!(
                 out,
-                "weir_{name}{{direction=\"{}\",from=\"{}\",from_subtask=\"{}\",to=\"{}\",to_subtask=\"{}\",peer=\"{}\"}} {}",
+                "weir_{name}{{process=\"{}\",direction=\"{}\",from=\"{}\",from_subtask=\"{}\",to=\"{}\",to_subtask=\"{}\",peer=\"{}\"}} {}",
+                k.process,
                 k.direction,
                 label(&k.from),
                 k.from_subtask,
@@ -241,13 +242,13 @@ async fn metrics(State(s): State<ControlState>) -> Response {
 
 /// `/job`: the graph, and per operator its subtasks' counts, rates, watermarks and time split.
 async fn job(State(s): State<ControlState>) -> Json<serde_json::Value> {
-    let sample = s.metrics.latest();
+    let view = s.metrics.job_view();
     let operators: Vec<serde_json::Value> = s
         .job
         .operators
         .iter()
         .map(|op| {
-            let subs: Vec<&SubtaskSample> = sample.subtasks.iter().filter(|t| t.uid == op.uid).collect();
+            let subs: Vec<&SubtaskSample> = view.subtasks.iter().filter(|t| t.uid == op.uid).collect();
             let sum = |f: fn(&SubtaskSample) -> f64| subs.iter().map(|t| f(t)).sum::<f64>();
             let max = |f: fn(&SubtaskSample) -> f64| subs.iter().map(|t| f(t)).fold(0.0, f64::max);
             let watermark = if subs.iter().all(|t| t.watermark.is_some()) {
@@ -276,10 +277,19 @@ async fn job(State(s): State<ControlState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "name": s.job.name,
         "uptime_ms": s.started.elapsed().as_millis() as u64,
-        "watermark": s.metrics.min_watermark(),
+        "watermark": view.watermark,
         "operators": operators,
-        "counters": s.metrics.counters(),
+        "counters": summed(&view.counters),
     }))
+}
+
+/// Counters summed over subtasks, by `<uid>.<name>`.
+fn summed(counters: &[(crate::metrics::CounterKey, u64)]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((uid, _, name), v) in counters {
+        *out.entry(format!("{uid}.{name}")).or_insert(0) += v;
+    }
+    out
 }
 
 async fn checkpoints(State(s): State<ControlState>) -> Json<Vec<CheckpointInfo>> {

@@ -183,10 +183,11 @@ fn wire(
             let from = process_of(s, pf, processes);
             for t in targets {
                 let to = process_of(t, pt, processes);
-                let stats = |direction, peer| {
+                let stats = |direction: &str, peer| {
                     let (from_uid, to_uid) = (plan.uids[edge.from].clone(), plan.uids[edge.to].clone());
                     metrics.channel(ChannelKey {
-                        direction,
+                        process: me,
+                        direction: direction.to_string(),
                         from: from_uid,
                         from_subtask: s,
                         to: to_uid,

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 /// `(operator uid, subtask, metric name)`.
-type CounterKey = (String, usize, String);
+pub(crate) type CounterKey = (String, usize, String);
 
 #[derive(Default)]
 struct Registry {
@@ -28,10 +28,12 @@ struct Registry {
 }
 
 /// One end of a logical channel between processes, as `/metrics` labels it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub(crate) struct ChannelKey {
+    /// The process this end is in.
+    pub process: usize,
     /// `"out"` (this process sends) or `"in"`.
-    pub direction: &'static str,
+    pub direction: String,
     pub from: String,
     pub from_subtask: usize,
     pub to: String,
@@ -54,6 +56,19 @@ pub(crate) struct ChannelStats {
 pub struct JobMetrics {
     registry: Arc<Mutex<Registry>>,
     latest: Arc<Mutex<Sample>>,
+    /// What the other processes of the job last reported (process 0 only), by process.
+    remote: Arc<Mutex<BTreeMap<usize, MetricsView>>>,
+}
+
+/// The metrics of one process (or, merged, of the whole job) as the control plane shows them;
+/// the other processes send theirs to process 0 once a second.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub(crate) struct MetricsView {
+    pub subtasks: Vec<SubtaskSample>,
+    pub counters: Vec<(CounterKey, u64)>,
+    /// Channels between processes with `(bytes, records, backpressure ns)`.
+    pub channels: Vec<(ChannelKey, [u64; 3])>,
+    pub watermark: Option<i64>,
 }
 
 /// Where one task's wall-clock time went, in nanoseconds since it started; Flink's
@@ -104,7 +119,7 @@ impl TaskStats {
 }
 
 /// One operator subtask in a [`Sample`].
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SubtaskSample {
     /// Operator uid.
     pub uid: String,
@@ -184,6 +199,39 @@ impl JobMetrics {
             ]
         };
         r.channels.iter().map(|(k, c)| (k.clone(), load(c))).collect()
+    }
+
+    /// This process's metrics.
+    pub(crate) fn view(&self) -> MetricsView {
+        MetricsView {
+            subtasks: self.latest().subtasks,
+            counters: self.subtask_counters(),
+            channels: self.channels(),
+            watermark: self.min_watermark(),
+        }
+    }
+
+    /// Keeps what process `process` reported last.
+    pub(crate) fn set_remote(&self, process: usize, view: MetricsView) {
+        self.remote.lock().insert(process, view);
+    }
+
+    /// The whole job: this process's metrics with what the others reported last.
+    pub(crate) fn job_view(&self) -> MetricsView {
+        let mut v = self.view();
+        for r in self.remote.lock().values() {
+            v.subtasks.extend(r.subtasks.iter().cloned());
+            v.counters.extend(r.counters.iter().cloned());
+            v.channels.extend(r.channels.iter().cloned());
+            v.watermark = match (v.watermark, r.watermark) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        v.subtasks.sort_by(|a, b| (&a.uid, a.subtask).cmp(&(&b.uid, b.subtask)));
+        v.counters.sort();
+        v.channels.sort();
+        v
     }
 
     /// Counters summed over subtasks, by `<uid>.<name>`.

@@ -10,6 +10,8 @@
 //! * **Complete**: the coordinator tells every process, whose tasks then commit their sinks.
 //! * **Failed** snapshots and **source ends** go to the coordinator as they do locally.
 //!
+//! Besides, every process sends its metrics to process 0 once a second.
+//!
 //! Messages travel as control frames on the mesh's connections, in order per process pair.
 
 use anyhow::{Context, Result};
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use weir_checkpoint::SubtaskSnapshot;
 
 use crate::element::CheckpointBarrier;
+use crate::metrics::MetricsView;
 use crate::net::Mesh;
 
 /// The process that coordinates checkpoints.
@@ -43,6 +46,9 @@ pub(crate) enum PeerMsg {
     },
     /// Process → coordinator: a subtask's snapshot could not be stored.
     Failed { id: u64, error: String },
+    /// Process → process 0, once a second: its metrics, so process 0's control endpoint shows
+    /// the whole job.
+    Metrics(Box<MetricsView>),
 }
 
 /// This process's side of the control plane.
