@@ -51,6 +51,11 @@ struct Cli {
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     restore_mib: u64,
 
+    /// Bids per run of the comparison of one process against several on loopback (generator);
+    /// 0 skips it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    process_bids: u64,
+
     /// An `auction_windows` binary of another build (say, before a change): the checkpoint
     /// comparison runs it too, interleaved with this build's runs, as rows marked "before".
     #[arg(long, value_name = "PATH")]
@@ -150,6 +155,9 @@ fn main() -> Result<()> {
     );
     if cli.checkpoint_bids > 0 {
         checkpoint_table(&cli, &job, &dir)?;
+    }
+    if cli.process_bids > 0 {
+        measure::processes::table(&job, &dir, cli.process_bids, cli.runs)?;
     }
     if cli.restore_mib > 0 {
         restore_table(&cli, &exe.with_file_name("keyed_state"), &dir)?;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod processes;
 pub mod restore;
 
 use std::os::unix::process::ExitStatusExt;
