@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,19 +16,9 @@ use common::{example, free_port, read_parts, run_ok, Rng};
 
 const HEADER: &str = "window_start,auction,count,max_price";
 
-fn write_bids(path: &Path, n: i64) {
-    let mut rng = Rng::new(5);
-    let base = 1_767_225_600_000i64;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for i in 0..n {
-        let t = base + i * 20 - rng.below(3_000) as i64;
-        let (auction, price) = (1000 + rng.below(50), rng.below(100_000));
-        writeln!(
-            f,
-            r#"{{"auction":{auction},"bidder":1,"price":{price},"channel":"c","url":"u","date_time":{t},"extra":""}}"#
-        )
-        .unwrap();
-    }
+/// Bids with up to 3 s of disorder (late ones included), the same for every run of a test.
+fn write_bids(path: &Path, n: usize) {
+    common::write_bids(path, n, 3_000, 5);
 }
 
 fn sorted_rows(dir: &Path) -> Vec<String> {
