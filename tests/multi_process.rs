@@ -337,7 +337,9 @@ fn the_launcher_runs_and_stops_a_job_as_processes_and_refuses_mismatched_flags()
     let out = dir.path().join("out");
     let state = dir.path().join("state-{i}");
     let job = example("auction_windows");
-    let port = free_port().to_string();
+    // The launcher uses base-port + i. Below the kernel's ephemeral range (32768 and up), so the
+    // ports other tests of this binary take with `free_port` running at the same time never collide.
+    let port = (20_000 + (std::process::id() % 5_000) * 2).to_string();
     let launch = |extra: &[&str]| {
         Command::new(common::weir_cli())
             .args(["cluster", "run", "--processes", "2", "--base-port", &port, "--hosts", "127.0.0.1,127.0.0.2", "--"])
@@ -371,12 +373,18 @@ fn the_launcher_runs_and_stops_a_job_as_processes_and_refuses_mismatched_flags()
     cmd.args(["cluster", "run", "--processes", "2", "--base-port", &port, "--"]).arg(&job);
     cmd.args(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--window-parallelism", "2"]);
     cmd.args(["--state-dir", state.to_str().unwrap(), "--progress-interval", "0s"]).args(&stopped);
-    let mut launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    common::await_checkpoint(&mut launcher, &chk.join("auction_windows"), 2);
+    let log = dir.path().join("launcher.log");
+    let mut launcher = cmd.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::max_checkpoint(&chk.join("auction_windows")) < 2 {
+        let ended = launcher.try_wait().unwrap().is_some();
+        assert!(!ended && Instant::now() < deadline, "no checkpoint 2:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
-    let o = launcher.wait_with_output().unwrap();
-    assert!(o.status.success(), "a stop is no failure: {}", String::from_utf8_lossy(&o.stderr));
+    let status = launcher.wait().unwrap();
+    assert!(status.success(), "a stop is no failure: {}", std::fs::read_to_string(&log).unwrap());
     let savepoints: Vec<PathBuf> = std::fs::read_dir(&sp).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(savepoints.len(), 1, "one final savepoint: {savepoints:?}");
     let partial = sorted_rows(&out).len();

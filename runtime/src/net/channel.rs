@@ -95,17 +95,28 @@ pub(crate) struct RemoteRx {
     pub(crate) rx: Receiver<Vec<u8>>,
     pub(crate) link: Arc<Link>,
     pub(crate) stats: Arc<ChannelStats>,
+    /// Credits taken but not yet returned, and how many are returned at once: a quarter of the
+    /// capacity, so the connection carries one credit frame per few elements, and a sender that
+    /// used all its credits always gets some back once the task took its elements.
+    pub(crate) owed: std::cell::Cell<u32>,
+    pub(crate) return_at: u32,
 }
 
 impl RemoteRx {
-    /// Takes one frame body, returning its credit to the sender.
+    /// Takes one frame body; its credit goes back to the sender (with others, see `owed`).
     pub(crate) fn try_take(&self) -> Result<Vec<u8>, TryRecvError> {
         // Every element is delivered before the end is seen: the connection's reader drops its
         // side only after the last frame, so a disconnect loses nothing.
         let body = self.rx.try_recv()?;
         self.stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        // A lost connection fails the job through the mesh; the credit can go nowhere then.
-        let _ = self.link.send(Frame::Credit { channel: self.channel, n: 1 });
+        let owed = self.owed.get() + 1;
+        if owed >= self.return_at {
+            // A lost connection fails the job through the mesh; the credits can go nowhere then.
+            let _ = self.link.send(Frame::Credit { channel: self.channel, n: owed });
+            self.owed.set(0);
+        } else {
+            self.owed.set(owed);
+        }
         Ok(body)
     }
 

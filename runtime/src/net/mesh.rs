@@ -167,7 +167,8 @@ impl Mesh {
         let link = self.link(peer)?;
         let (tx, rx) = bounded(capacity);
         link.inbound.lock().insert(channel, tx);
-        Ok(RemoteRx { channel, rx, link, stats })
+        let return_at = (capacity as u32 / 4).max(1);
+        Ok(RemoteRx { channel, rx, link, stats, owed: Default::default(), return_at })
     }
 
     /// Failures of connections (each reported once).

@@ -156,3 +156,35 @@ fn processes_of_different_plans_refuse_each_other() {
     assert!(format!("{e:#}").contains("another plan or other flags"), "{e:#}");
     assert!(ra.is_err(), "a waits in vain for a matching peer");
 }
+
+#[test]
+fn credits_come_back_a_quarter_of_the_capacity_at_a_time() {
+    let mut ends = None;
+    let (_a, _b) = pair(
+        |a, b| {
+            ends =
+                Some((b.sender(0, 1, 8, Default::default()).unwrap(), a.receiver(1, 1, 8, Default::default()).unwrap()))
+        },
+        Duration::from_secs(10),
+    );
+    let (tx, rx) = ends.unwrap();
+    let never = AtomicBool::new(false);
+    for n in 0..8 {
+        tx.send(element(1, n), &never).unwrap();
+    }
+    assert_eq!(number(&take(&rx, Duration::from_secs(5)).unwrap()), 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(tx.credits.available(), 0, "one element taken: its credit waits for a second one");
+    assert_eq!(number(&take(&rx, Duration::from_secs(5)).unwrap()), 1);
+    assert!(tx.credits.take(Duration::from_secs(5)), "two taken: two credits come back");
+    assert!(tx.credits.take(Duration::from_secs(1)));
+    // All eight taken: every credit is back.
+    for n in 2..8 {
+        assert_eq!(number(&take(&rx, Duration::from_secs(5)).unwrap()), n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tx.credits.available() < 6 {
+        assert!(Instant::now() < deadline, "credits back: {}", tx.credits.available());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
