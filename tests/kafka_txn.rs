@@ -314,3 +314,41 @@ fn transactions_are_listed_from_checkpoints_on_s3() {
         assert!(line.contains("up to date"), "{line}");
     }
 }
+
+/// Two processes read the 4 input partitions (two source subtasks, one per process) and write
+/// Kafka transactions from both processes' sink subtasks; a random process is killed while the job
+/// runs, and all restart with the same flags: `read_committed` sees exactly the failure-free rows.
+#[test]
+fn two_processes_read_and_write_kafka_exactly_once_across_kills() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = common::broker();
+    let sc = Scenario::new(&addr, "procs", 30_000, 2);
+    let chk = sc.chk();
+    let prefix = format!("procs-test-{}", std::process::id());
+    // Bids are at most 1.5 s out of order, within the watermark's 2 s: none is late, so two
+    // source subtasks give the rows of the reference's one.
+    let args =
+        with(txn_args(&addr, &sc.input, &sc.output, &chk, &prefix, 2), &["--parallelism", "2", "--rate", "3000"]);
+    let mut rng = common::Rng::new(9);
+    for kill in 0..6 {
+        let before = max_checkpoint(&chk.join("auction_windows"));
+        let run_dir = sc.dir.path().join(format!("run-{kill}"));
+        let mut c = common::cluster::Cluster::start(2, &args, &run_dir, &[], None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while max_checkpoint(&chk.join("auction_windows")) <= before + 1 {
+            assert!(Instant::now() < deadline, "no checkpoint after a restart:\n{}", c.logs());
+            assert!(c.procs.iter_mut().all(|p| p.try_wait().unwrap().is_none()), "ended early:\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let took = c.kill_one(rng.below(2) as usize);
+        assert!(took < Duration::from_secs(5), "fail-stop took {took:?}");
+    }
+    let mut c = common::cluster::Cluster::start(2, &args, &sc.dir.path().join("run-last"), &[], None);
+    assert!(c.wait(Duration::from_secs(300)).iter().all(|s| s.success()), "{}", c.logs());
+    let committed = assert_exactly(&addr, &sc.output, &sc.expected);
+    // Both processes' sink subtasks committed transactions.
+    for s in 0..2 {
+        assert!(committed.iter().any(|r| r.identity().0.ends_with(&format!("-{s}"))), "sink subtask {s} wrote");
+    }
+}
