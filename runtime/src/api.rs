@@ -68,6 +68,7 @@ impl StreamEnv {
                 sides: ctx.sides,
                 env,
                 alignment: alignment.clone(),
+                placement: ctx.placement,
             });
             Ok(task)
         });

@@ -22,6 +22,8 @@ pub(crate) struct BuildContext {
     pub state_memory: weir_state::StateMemory,
     pub main: Box<dyn Any>,
     pub sides: Vec<SidePort>,
+    /// `(this process, processes)`: which subtasks run here (see `net::process_of`).
+    pub placement: (usize, usize),
 }
 
 impl BuildContext {

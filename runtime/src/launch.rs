@@ -47,6 +47,7 @@ struct TaskBuilder<'a> {
     metrics: &'a JobMetrics,
     send_env: SendEnv,
     state_memory: &'a weir_state::StateMemory,
+    placement: (usize, usize),
 }
 
 impl TaskBuilder<'_> {
@@ -103,6 +104,7 @@ impl TaskBuilder<'_> {
             state_memory: self.state_memory.clone(),
             main: main.ok_or_else(|| anyhow!("internal error: node without main port"))?,
             sides,
+            placement: self.placement,
         };
         Ok(match &spec.kind {
             NodeKind::Source(f) => Built::Source(f(ctx)?),
@@ -282,6 +284,7 @@ pub(crate) fn launch(plan: &Arc<Plan>, env: LaunchEnv<'_>) -> Result<Tasks> {
                         metrics: &metrics,
                         send_env,
                         state_memory: &state_memory,
+                        placement: (me, processes),
                     };
                     match builder.build(head, &mut w)? {
                         Built::Source(src) => src.run(&ctl_rx, &task_env),
