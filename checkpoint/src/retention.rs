@@ -57,7 +57,11 @@ impl CheckpointStorage {
             let e = e?;
             let rel = format!("shared/{}", e.file_name().to_string_lossy());
             if !referenced.contains(&rel) {
-                std::fs::remove_file(e.path())?;
+                match std::fs::remove_file(e.path()) {
+                    // Gone already (another remover of the same directory): what was wanted.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r.with_context(|| format!("deleting {}", e.path().display()))?,
+                }
             }
         }
         Ok(())

@@ -107,8 +107,9 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         check_restore(r, &plan.uids, plan.max_parallelism, args.allow_non_restored_state)?;
         tracing::info!(checkpoint = r.meta.checkpoint_id, path = %r.dir.display(), "restoring");
     }
-    if let Some(s) = &storage {
+    if let Some(s) = storage.as_ref().filter(|_| args.process_index == 0) {
         // Drops what a crashed run left behind: abandoned checkpoints and unreferenced shared files.
+        // Only the coordinator (process 0) does: processes sharing the storage would race.
         s.retain(args.retained_checkpoints as usize)?;
     }
     let stop_signal = Arc::new(AtomicBool::new(false));
