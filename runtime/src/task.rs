@@ -65,14 +65,7 @@ impl<T: Data> InputChannel for ChannelIn<T> {
 
     fn poll(&self, head: &mut dyn TaskHead) -> Result<Event> {
         match self.rx.try_recv() {
-            Ok(StreamElement::Batch(mut b)) => {
-                head.process(self.input, &mut b)?;
-                Ok(Event::Data)
-            }
-            Ok(StreamElement::Watermark(w)) => Ok(Event::Watermark(w)),
-            Ok(StreamElement::Idle) => Ok(Event::Idle),
-            Ok(StreamElement::Barrier(b)) => Ok(Event::Barrier(b)),
-            Ok(StreamElement::EndOfInput) => Ok(Event::End),
+            Ok(el) => deliver(el, self.input, head),
             Err(TryRecvError::Empty) => Ok(Event::Empty),
             Err(TryRecvError::Disconnected) => Ok(Event::Disconnected),
         }
@@ -81,6 +74,20 @@ impl<T: Data> InputChannel for ChannelIn<T> {
     fn queued(&self) -> usize {
         self.rx.len()
     }
+}
+
+/// What one element taken off an input channel means to the task; batches go straight to `head`.
+fn deliver<T: Data>(el: StreamElement<T>, input: usize, head: &mut dyn TaskHead) -> Result<Event> {
+    Ok(match el {
+        StreamElement::Batch(mut b) => {
+            head.process(input, &mut b)?;
+            Event::Data
+        }
+        StreamElement::Watermark(w) => Event::Watermark(w),
+        StreamElement::Idle => Event::Idle,
+        StreamElement::Barrier(b) => Event::Barrier(b),
+        StreamElement::EndOfInput => Event::End,
+    })
 }
 
 /// An input channel from a task in another process: elements arrive encoded and are decoded
@@ -108,17 +115,11 @@ impl<T: Data> InputChannel for RemoteIn<T> {
             Err(TryRecvError::Empty) => return Ok(Event::Empty),
             Err(TryRecvError::Disconnected) => return Ok(Event::Disconnected),
         };
-        Ok(match crate::net::codec::decode::<T>(&body[crate::net::frame::DATA_AT..])? {
-            StreamElement::Batch(mut b) => {
-                self.rx.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);
-                head.process(self.input, &mut b)?;
-                Event::Data
-            }
-            StreamElement::Watermark(w) => Event::Watermark(w),
-            StreamElement::Idle => Event::Idle,
-            StreamElement::Barrier(b) => Event::Barrier(b),
-            StreamElement::EndOfInput => Event::End,
-        })
+        let el = crate::net::codec::decode::<T>(&body[crate::net::frame::DATA_AT..])?;
+        if let StreamElement::Batch(b) = &el {
+            self.rx.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        deliver(el, self.input, head)
     }
 
     fn queued(&self) -> usize {
