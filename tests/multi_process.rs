@@ -295,3 +295,62 @@ fn the_launcher_runs_and_stops_a_job_as_processes_and_refuses_mismatched_flags()
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_rows(&sorted_rows(&out), &sorted_rows(&ref_out));
 }
+
+/// Waits for process `i` of `c` to end (at most `limit`).
+fn wait_one(c: &mut Cluster, i: usize, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = c.procs[i].try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "process {i} still runs after {limit:?}:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_coordinator_that_wakes_after_its_successor_took_over_commits_nothing() {
+    let bucket = common::s3::bucket("multi-stale");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    write_bids(&input, 20_000);
+    let ref_out = dir.path().join("ref-out");
+    run_ok("auction_windows", &["--input", input.to_str().unwrap(), "--output", ref_out.to_str().unwrap()]);
+    let env = bucket.env();
+    let args = job_args(&input, &bucket.url("out"), &bucket.url("chk"), 2);
+    // Process 0 freezes with every acknowledgement of checkpoint 3 in hand, about to commit it
+    // (a long pause, a suspended machine). Process 1 gives up on it after the peer timeout.
+    let pause = [(0, "WEIR_PAUSE_AT", "before-checkpoint-commit:3")];
+    let mut old = Cluster::start_job("auction_windows", 2, &args, &dir.path().join("old"), &env, &pause);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !old.log(0).contains("WEIR_PAUSE_AT: pausing at before-checkpoint-commit:3") {
+        assert!(Instant::now() < deadline, "process 0 never paused:\n{}", old.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!wait_one(&mut old, 1, Duration::from_secs(30)).success());
+    // The job is restarted (as Kubernetes would, on other machines): it restores checkpoint 2,
+    // closes 3 and runs to the end.
+    let mut new = Cluster::start(2, &args, &dir.path().join("new"), &env, None);
+    let statuses = new.wait(Duration::from_secs(300));
+    assert!(statuses.iter().all(|s| s.success()), "the new run fails:\n{}", new.logs());
+    // The new coordinator closed checkpoint 3 with a tombstone at its first commit; retention
+    // may have deleted it since (it lies below the newest checkpoint), but 3 was never completed.
+    let three = bucket.get("chk/auction_windows/chk-3/_metadata").map(|b| String::from_utf8(b).unwrap());
+    assert!(three.as_ref().is_none_or(|t| t.contains("aborted_checkpoint")), "{three:?}");
+    let out = dir.path().join("out");
+    bucket.download("out", &out);
+    let expected = sorted_rows(&ref_out);
+    assert_same_rows(&sorted_rows(&out), &expected);
+
+    // The old coordinator wakes: it must not commit checkpoint 3, and its sinks nothing.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(old.procs[0].id() as i32, libc::SIGCONT) };
+    assert!(!wait_one(&mut old, 0, Duration::from_secs(30)).success());
+    let log = old.log(0);
+    assert!(log.contains("checkpoint 3 not committed") && log.contains("is stale"), "{log}");
+    let three = bucket.get("chk/auction_windows/chk-3/_metadata").map(|b| String::from_utf8(b).unwrap());
+    assert!(three.as_ref().is_none_or(|t| t.contains("aborted_checkpoint")), "{three:?}");
+    let _ = std::fs::remove_dir_all(&out);
+    bucket.download("out", &out);
+    assert_same_rows(&sorted_rows(&out), &expected);
+}

@@ -4,6 +4,8 @@
 //! * [`metadata`]: the versioned `_metadata` format with checksums, and verification.
 //! * [`storage`]: the layout of a job's checkpoint directory, incremental shared files,
 //!   retention, and savepoint copies.
+//! * [`commit`]: the commit point, and the chain of commits that keeps a stale coordinator
+//!   from committing.
 //! * [`inspect`]: reading a snapshot's keyed state without the job's Rust types.
 //! * [`location`]: where checkpoints live (a directory or `s3://bucket/prefix`); [`remote`] does
 //!   the object-store transfers behind [`CheckpointStorage`] (and behind the file sinks' output on
@@ -11,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod commit;
 pub mod inspect;
 pub mod location;
 pub mod metadata;
@@ -19,6 +22,7 @@ mod retention;
 pub mod storage;
 pub mod upload;
 
+pub use commit::{Chain, Stale};
 pub use location::Location;
 pub use metadata::{
     load, read_metadata, verify, write_metadata, CheckpointMetadata, FileRef, LoadedSnapshot, OperatorSnapshot,

@@ -162,8 +162,33 @@ pub fn read_metadata(dir: &Path) -> Result<CheckpointMetadata> {
     parse_metadata(&text, &path.display().to_string())
 }
 
+/// What a `_metadata` file holds instead of a checkpoint when the checkpoint was aborted: the
+/// commit point taken by a newer coordinator, so that the coordinator that started the checkpoint
+/// can never commit it (see [`crate::commit`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Tombstone {
+    /// The checkpoint it closes.
+    pub aborted_checkpoint: u64,
+    /// Who closed it and why, for people reading the directory.
+    pub reason: String,
+}
+
+impl Tombstone {
+    /// The tombstone in `text`, if `text` is one (a checkpoint's metadata is not).
+    pub(crate) fn parse(text: &str) -> Option<Tombstone> {
+        serde_json::from_str(text).ok()
+    }
+
+    pub(crate) fn bytes(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(self)?)
+    }
+}
+
 /// Checks and decodes the text of a `_metadata` file; `origin` names it in errors.
 pub fn parse_metadata(text: &str, origin: &str) -> Result<CheckpointMetadata> {
+    if let Some(t) = Tombstone::parse(text) {
+        bail!("{origin}: checkpoint {} was aborted ({})", t.aborted_checkpoint, t.reason);
+    }
     let env: EnvelopeIn = serde_json::from_str(text).with_context(|| format!("{origin} is not valid metadata"))?;
     if env.format_version != FORMAT_VERSION {
         bail!("{origin} has format version {}, this build reads version {FORMAT_VERSION}", env.format_version);

@@ -126,6 +126,22 @@ impl Remote {
         }
     }
 
+    /// Writes `key`, replacing what is there.
+    pub(crate) fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        block_on(self.store.put(&self.path(key), PutPayload::from(bytes)))?
+            .with_context(|| format!("writing {}/{key}", self.url))?;
+        Ok(())
+    }
+
+    /// Whether `key` exists.
+    pub(crate) fn exists(&self, key: &str) -> Result<bool> {
+        match block_on(self.store.head(&self.path(key)))? {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("reading {}/{key}", self.url)),
+        }
+    }
+
     /// Reads `key`; `None` if it does not exist.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(key);

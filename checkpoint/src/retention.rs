@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{Context, Result};
 
-use crate::metadata::{parse_metadata, read_metadata, METADATA_FILE};
+use crate::metadata::{parse_metadata, Tombstone, METADATA_FILE};
 use crate::remote::Remote;
 use crate::storage::CheckpointStorage;
 
@@ -40,15 +40,11 @@ impl CheckpointStorage {
     fn retain_local(&self, retain: usize) -> Result<()> {
         let all = self.list_local()?;
         let ids: BTreeSet<u64> = all.iter().map(|(id, _)| *id).collect();
-        let complete: BTreeSet<u64> =
-            all.iter().filter(|(_, d)| d.join(METADATA_FILE).exists()).map(|(id, _)| *id).collect();
+        let committed = all.iter().filter(|(_, d)| d.join(METADATA_FILE).exists()).map(|(id, _)| *id);
+        let (complete, referenced) = newest_complete(committed, retain, |id| {
+            Ok(std::fs::read_to_string(self.chk_dir(id).join(METADATA_FILE)).ok())
+        })?;
         let plan = plan(&ids, &complete, retain);
-        let mut referenced = HashSet::new();
-        for id in &plan.keep {
-            if let Ok(meta) = read_metadata(&self.chk_dir(*id)) {
-                referenced.extend(meta.files().map(|f| f.path.clone()));
-            }
-        }
         for id in &plan.drop {
             let dir = self.chk_dir(*id);
             std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
@@ -68,6 +64,35 @@ impl CheckpointStorage {
     }
 }
 
+/// Of the ids with a `_metadata` (`committed`), the complete ones as far as retention needs to
+/// know: the newest `retain` checkpoints are read (tombstones of aborted ids among them do not
+/// count, so they never push a checkpoint out), older ones are deleted either way. Also returns
+/// the files the kept ones reference.
+fn newest_complete(
+    committed: impl Iterator<Item = u64>,
+    retain: usize,
+    read: impl Fn(u64) -> Result<Option<String>>,
+) -> Result<(BTreeSet<u64>, HashSet<String>)> {
+    let committed: BTreeSet<u64> = committed.collect();
+    let (mut complete, mut referenced, mut kept) = (BTreeSet::new(), HashSet::new(), 0);
+    for id in committed.into_iter().rev() {
+        if kept >= retain.max(1) {
+            complete.insert(id);
+            continue;
+        }
+        let Some(text) = read(id)? else { continue };
+        if Tombstone::parse(&text).is_some() {
+            continue;
+        }
+        if let Ok(meta) = parse_metadata(&text, &format!("checkpoint {id}")) {
+            referenced.extend(meta.files().map(|f| f.path.clone()));
+        }
+        complete.insert(id);
+        kept += 1;
+    }
+    Ok((complete, referenced))
+}
+
 /// The checkpoint id a key of the job's prefix belongs to (`chk-<n>/...`).
 fn chk_id(key: &str) -> Option<u64> {
     key.strip_prefix("chk-")?.split('/').next()?.parse().ok()
@@ -76,19 +101,13 @@ fn chk_id(key: &str) -> Option<u64> {
 fn retain_remote(remote: &Remote, retain: usize) -> Result<()> {
     let keys = remote.list("")?;
     let all: BTreeSet<u64> = keys.iter().filter_map(|(k, _)| chk_id(k)).collect();
-    let complete: BTreeSet<u64> =
-        keys.iter().filter(|(k, _)| k.ends_with(&format!("/{METADATA_FILE}"))).filter_map(|(k, _)| chk_id(k)).collect();
+    let committed =
+        keys.iter().filter(|(k, _)| k.ends_with(&format!("/{METADATA_FILE}"))).filter_map(|(k, _)| chk_id(k));
+    let (complete, referenced) = newest_complete(committed, retain, |id| {
+        let bytes = remote.get(&format!("chk-{id}/{METADATA_FILE}"))?;
+        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    })?;
     let plan = plan(&all, &complete, retain);
-    let mut referenced = HashSet::new();
-    for id in &plan.keep {
-        let key = format!("chk-{id}/{METADATA_FILE}");
-        if let Some(bytes) = remote.get(&key)? {
-            let text = String::from_utf8_lossy(&bytes);
-            if let Ok(meta) = parse_metadata(&text, &format!("{}/{key}", remote.url())) {
-                referenced.extend(meta.files().map(|f| f.path.clone()));
-            }
-        }
-    }
     let doomed: Vec<String> = keys
         .into_iter()
         .map(|(k, _)| k)

@@ -27,8 +27,8 @@ use weir_state::snapshot::original_file_name;
 
 use crate::location::Location;
 use crate::metadata::{
-    checksum_file, load, load_verified_elsewhere, metadata_bytes, parse_metadata, write_atomic, write_metadata,
-    CheckpointMetadata, FileRef, LoadedSnapshot, SnapshotKind, SubtaskSnapshot, METADATA_FILE,
+    checksum_file, load, metadata_bytes, parse_metadata, write_atomic, write_metadata, CheckpointMetadata, FileRef,
+    LoadedSnapshot, SnapshotKind, SubtaskSnapshot, Tombstone, METADATA_FILE,
 };
 use crate::remote::Remote;
 
@@ -155,39 +155,19 @@ impl CheckpointStorage {
 
     /// The newest checkpoint that is complete and intact; broken ones are skipped with a warning.
     pub fn latest_valid(&self) -> Result<Option<LoadedSnapshot>> {
-        for (id, dir) in self.list()?.into_iter().rev() {
-            if let Some(remote) = &self.remote {
-                match self.fetch(remote, id) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        tracing::warn!(checkpoint = id, error = format!("{e:#}"), "skipping a broken checkpoint");
-                        continue;
-                    }
-                }
-            }
-            if !dir.join(METADATA_FILE).exists() {
-                continue;
-            }
-            let loaded = match self.remote {
-                Some(_) => load_verified_elsewhere(&dir),
-                None => load(&dir),
-            };
-            match loaded {
-                Ok(s) => return Ok(Some(s)),
-                Err(e) => tracing::warn!(checkpoint = id, error = format!("{e:#}"), "skipping a broken checkpoint"),
-            }
-        }
-        Ok(None)
+        Ok(self.restore_point()?.0)
     }
 
     /// Brings checkpoint `id` from the object store into the mirror: its `_metadata` and every
     /// file the mirror lacks or holds differently. `false` when it has no `_metadata` (abandoned
-    /// or in progress).
-    fn fetch(&self, remote: &Remote, id: u64) -> Result<bool> {
+    /// or in progress) or when it was aborted.
+    pub(crate) fn fetch(&self, remote: &Remote, id: u64) -> Result<bool> {
         let key = format!("chk-{id}/{METADATA_FILE}");
         let Some(bytes) = remote.get(&key)? else { return Ok(false) };
         let text = String::from_utf8(bytes).with_context(|| format!("{}/{key} is not text", remote.url()))?;
+        if Tombstone::parse(&text).is_some() {
+            return Ok(false);
+        }
         let meta = parse_metadata(&text, &format!("{}/{key}", remote.url()))?;
         // Every file is checked here, the kept ones by reading them and the downloaded ones as they
         // stream in, so the restore loads the checkpoint without reading its files again.
@@ -274,16 +254,18 @@ impl CheckpointStorage {
     /// Completes checkpoint `meta.checkpoint_id` by writing its metadata. On an object store the
     /// write is create-only: if another coordinator committed the id, this fails and nothing of
     /// this checkpoint is visible.
+    ///
+    /// This is the commit point alone; a coordinator commits with [`CheckpointStorage::commit`],
+    /// which also keeps a stale coordinator from committing.
     pub fn complete(&self, meta: &CheckpointMetadata) -> Result<()> {
         let id = meta.checkpoint_id;
-        let dir = self.chk_dir(id);
-        std::fs::create_dir_all(&dir)?;
-        if let Some(remote) = &self.remote {
-            if !remote.put_new(&format!("chk-{id}/{METADATA_FILE}"), metadata_bytes(meta)?)? {
-                bail!("checkpoint {id} in {} was committed by another coordinator of this job", remote.url());
-            }
+        if !self.create_commit_point(id, metadata_bytes(meta)?)? {
+            bail!("checkpoint {id} in {} was committed by another coordinator of this job", self.location());
         }
-        write_metadata(&dir, meta)
+        if self.remote.is_some() {
+            write_metadata(&self.chk_dir(id), meta)?;
+        }
+        Ok(())
     }
 
     /// Copies checkpoint `snapshot` into a self-contained savepoint `savepoint-<job>-<n>` under
@@ -368,11 +350,20 @@ impl CheckpointStorage {
                         continue;
                     }
                     let bytes = remote.get(&key)?.unwrap_or_default();
+                    if Tombstone::parse(&String::from_utf8_lossy(&bytes)).is_some() {
+                        out.push(unknown(id, "aborted".into()));
+                        continue;
+                    }
                     parse_metadata(&String::from_utf8_lossy(&bytes), &format!("{}/{key}", remote.url()))
                 }
                 _ => {
                     if !dir.join(METADATA_FILE).exists() {
                         out.push(unknown(id, "incomplete".into()));
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(dir.join(METADATA_FILE)).unwrap_or_default();
+                    if Tombstone::parse(&text).is_some() {
+                        out.push(unknown(id, "aborted".into()));
                         continue;
                     }
                     crate::metadata::read_metadata(&dir)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use weir_checkpoint::CheckpointStorage;
+use weir_checkpoint::{Chain, CheckpointStorage};
 
 use crate::args::JobArgs;
 use crate::checkpointing::coordinator::{
@@ -98,6 +98,7 @@ fn start_io(
     plan: &Plan,
     storage: &CheckpointStorage,
     restore: &SharedRestore,
+    chain: Chain,
     jobs: Receiver<IoJob>,
     done: Sender<IoDone>,
 ) -> Result<JoinHandle<()>> {
@@ -111,7 +112,7 @@ fn start_io(
     let st = storage.clone();
     Ok(std::thread::Builder::new()
         .name("weir-checkpoint-io".into())
-        .spawn(move || io_thread(st, run, known, jobs, done))?)
+        .spawn(move || io_thread(st, run, known, chain, jobs, done))?)
 }
 
 fn coordinator(
@@ -213,6 +214,7 @@ impl Run<'_> {
 
     fn on_io_done(&mut self, done: IoDone) {
         match (self.coord.as_mut(), done) {
+            (_, IoDone::Stale { error }) => self.failure.fail(anyhow!(error), &self.tasks),
             (Some(c), done) => on_io_done(c, done, &self.io, &self.tasks, self.env.control, self.peers.as_ref()),
             (None, IoDone::Uploaded { id, node, snapshot, new_bytes, timing, async_ms }) => {
                 let (alignment_ms, sync_ms) = (timing.alignment_ms, timing.sync_ms);
@@ -278,7 +280,10 @@ impl Run<'_> {
 }
 
 /// Runs the job's tasks once, from `restore` if given.
-pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Result<AttemptEnd> {
+///
+/// `chain` is where the checkpoints this attempt commits continue from (see
+/// [`weir_checkpoint::commit`]).
+pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore, chain: Chain) -> Result<AttemptEnd> {
     let (plan, args, control) = (env.plan, env.args, env.control);
     let launch_env = LaunchEnv {
         args,
@@ -299,7 +304,7 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
     let coordinating = peers.as_ref().is_none_or(Peers::is_coordinator);
     let (io, coord) = match env.storage {
         Some(st) => (
-            Some(start_io(plan, st, &restore, io_rx, done_tx)?),
+            Some(start_io(plan, st, &restore, chain, io_rx, done_tx)?),
             coordinating.then(|| coordinator(env, st, &restore)).transpose()?,
         ),
         None => (None, None),
@@ -381,6 +386,13 @@ pub(crate) fn run_attempt(env: &AttemptEnv<'_>, restore: SharedRestore) -> Resul
         // A task reports its exit just before its thread ends; the next attempt may reopen the
         // same RocksDB directories only once every thread of this one is gone.
         let stopped = join_within(tasks.handles, TEAR_DOWN_GRACE);
+        // The I/O thread finishes what it was given (a commit under way ends as committed or
+        // refused, never half-seen by the next attempt's restore); a long upload is not waited for.
+        if let Some(io) = io {
+            if !join_within(vec![io], TEAR_DOWN_GRACE) {
+                tracing::warn!("the checkpoint I/O thread did not stop within 10 s after the job failed");
+            }
+        }
         if stop_requested && !checkpointing && is_cancelled(&e) {
             return Ok(AttemptEnd::Finished);
         }
@@ -446,5 +458,6 @@ fn on_io_done(
                 control.record(info);
             }
         }
+        IoDone::Stale { .. } => {}
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::unbounded;
-use weir_checkpoint::CheckpointStorage;
+use weir_checkpoint::{Chain, CheckpointStorage};
 
 use crate::args::JobArgs;
 use crate::attempt::{run_attempt, AttemptEnd, AttemptEnv};
@@ -102,7 +102,7 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         }
         _ => None,
     };
-    let mut restore = initial_restore(&args.restore, storage.as_ref(), &state_root.join(RESTORE_SCRATCH))?;
+    let (mut restore, mut chain) = initial_restore(&args.restore, storage.as_ref(), &state_root.join(RESTORE_SCRATCH))?;
     if let Some(r) = &restore {
         check_restore(r, &plan.uids, plan.max_parallelism, args.allow_non_restored_state)?;
         tracing::info!(checkpoint = r.meta.checkpoint_id, path = %r.dir.display(), "restoring");
@@ -166,7 +166,7 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
     let mut attempt = 0u32;
     loop {
         let shared = restore.take().map(|snapshot| Arc::new(Restore { snapshot }));
-        let end = run_attempt(&attempt_env, shared.clone())?;
+        let end = run_attempt(&attempt_env, shared.clone(), chain.clone())?;
         match end {
             AttemptEnd::Finished => break,
             AttemptEnd::Failed(e) => {
@@ -186,10 +186,14 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
                     "job failed; restarting from the latest checkpoint"
                 );
                 std::thread::sleep(delay);
-                restore = match storage.as_ref().map(|s| s.latest_valid()).transpose()?.flatten() {
-                    Some(latest) => Some(latest),
-                    None => shared.map(|r| r.snapshot.clone()),
-                };
+                // (`can_restart` holds only with storage.)
+                if let Some(st) = storage.as_ref() {
+                    (restore, chain) = match st.restore_point()? {
+                        (Some(latest), chain) => (Some(latest), chain),
+                        // Nothing completed since the start: from the start again, in a new chain.
+                        (None, _) => (shared.map(|r| r.snapshot.clone()), Chain::after(st.max_id()?)),
+                    };
+                }
             }
         }
     }

@@ -7,26 +7,54 @@
 //! and `mid-sink-commit` (in the exactly-once file sink's commit of that epoch), `mid-publish`
 //! (the Kafka exactly-once-publish sink published the first record of that epoch).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-fn target() -> &'static Option<(String, u64)> {
-    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    TARGET.get_or_init(|| {
-        let v = std::env::var("WEIR_CRASH_AT").ok()?;
-        let (point, id) = v.rsplit_once(':')?;
-        Some((point.to_string(), id.parse().ok()?))
-    })
+type Target = Option<(String, u64)>;
+
+fn parse(var: &str) -> Target {
+    let v = std::env::var(var).ok()?;
+    let (point, id) = v.rsplit_once(':')?;
+    Some((point.to_string(), id.parse().ok()?))
+}
+
+fn crash_target() -> &'static Target {
+    static TARGET: OnceLock<Target> = OnceLock::new();
+    TARGET.get_or_init(|| parse("WEIR_CRASH_AT"))
+}
+
+fn pause_target() -> &'static Target {
+    static TARGET: OnceLock<Target> = OnceLock::new();
+    TARGET.get_or_init(|| parse("WEIR_PAUSE_AT"))
+}
+
+fn reached(target: &Target, point: &str, checkpoint_id: u64) -> bool {
+    target.as_ref().is_some_and(|(p, id)| p == point && *id <= checkpoint_id)
+}
+
+fn signal_self(signal: libc::c_int) {
+    // SAFETY: sending a signal to our own process has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), signal);
+    }
 }
 
 /// Kills the process if `WEIR_CRASH_AT` names this point and this or an earlier checkpoint.
 pub fn crash_point(point: &str, checkpoint_id: u64) {
-    if let Some((p, id)) = target() {
-        if p == point && *id <= checkpoint_id {
-            eprintln!("WEIR_CRASH_AT: crashing at {point}:{checkpoint_id}");
-            // SAFETY: sending SIGKILL to our own process has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-        }
+    if reached(crash_target(), point, checkpoint_id) {
+        eprintln!("WEIR_CRASH_AT: crashing at {point}:{checkpoint_id}");
+        signal_self(libc::SIGKILL);
+    }
+}
+
+/// Stops the whole process (SIGSTOP, as a long pause or a frozen machine would) the first time
+/// `WEIR_PAUSE_AT=<point>:<id>` names this point and this or an earlier checkpoint; it goes on
+/// when a test sends SIGCONT. Point: `before-checkpoint-commit` (every subtask acknowledged, the
+/// coordinator about to commit).
+pub fn pause_point(point: &str, checkpoint_id: u64) {
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    if reached(pause_target(), point, checkpoint_id) && !PAUSED.swap(true, Ordering::Relaxed) {
+        eprintln!("WEIR_PAUSE_AT: pausing at {point}:{checkpoint_id}");
+        signal_self(libc::SIGSTOP);
     }
 }

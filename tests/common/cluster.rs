@@ -26,6 +26,21 @@ impl Cluster {
         env: &[(String, String)],
         crash: Option<(usize, String)>,
     ) -> Self {
+        let crash: Vec<(usize, &str, &str)> =
+            crash.iter().map(|(p, point)| (*p, "WEIR_CRASH_AT", point.as_str())).collect();
+        Self::start_job("auction_windows", n, args, run_dir, env, &crash)
+    }
+
+    /// Starts `n` processes of the example `job` with `args`; `only` sets an environment
+    /// variable in one process each `(process, name, value)`.
+    pub fn start_job(
+        job: &str,
+        n: usize,
+        args: &[String],
+        run_dir: &Path,
+        env: &[(String, String)],
+        only: &[(usize, &str, &str)],
+    ) -> Self {
         let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
         let peers: Vec<String> = (0..n).map(|i| format!("{}:{}", hosts[i % 3], free_port())).collect();
         std::fs::create_dir_all(run_dir).unwrap();
@@ -35,7 +50,7 @@ impl Cluster {
         for i in 0..n {
             let addr = format!("127.0.0.1:{}", free_port());
             let log = run_dir.join(format!("process-{i}.log"));
-            let mut cmd = Command::new(example("auction_windows"));
+            let mut cmd = Command::new(example(job));
             cmd.args(args)
                 .args(["--processes", &n.to_string(), "--process-index", &i.to_string(), "--peers", &peers.join(",")])
                 .args(["--state-dir", run_dir.join(format!("state-{i}")).to_str().unwrap()])
@@ -44,10 +59,8 @@ impl Cluster {
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap());
-            if let Some((p, point)) = &crash {
-                if *p == i {
-                    cmd.env("WEIR_CRASH_AT", point);
-                }
+            for (_, name, value) in only.iter().filter(|(p, _, _)| *p == i) {
+                cmd.env(name, value);
             }
             procs.push(cmd.spawn().expect("starting a process of the job"));
             logs.push(log);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use crossbeam_channel::{Receiver, Sender};
-use weir_checkpoint::{CheckpointMetadata, CheckpointStorage, FileRef, Location, SubtaskSnapshot};
+use weir_checkpoint::{Chain, CheckpointMetadata, CheckpointStorage, FileRef, Location, Stale, SubtaskSnapshot};
 use weir_state::PendingCheckpoint;
 
 use super::task::{LocalSnapshot, SnapshotTiming};
@@ -20,9 +20,28 @@ pub(crate) enum IoJob {
 
 /// What the I/O thread reports.
 pub(crate) enum IoDone {
-    Uploaded { id: u64, node: usize, snapshot: SubtaskSnapshot, new_bytes: u64, timing: SnapshotTiming, async_ms: f64 },
-    Finalized { id: u64, savepoint: Option<String>, bytes: u64 },
-    Failed { id: u64, error: String },
+    Uploaded {
+        id: u64,
+        node: usize,
+        snapshot: SubtaskSnapshot,
+        new_bytes: u64,
+        timing: SnapshotTiming,
+        async_ms: f64,
+    },
+    Finalized {
+        id: u64,
+        savepoint: Option<String>,
+        bytes: u64,
+    },
+    Failed {
+        id: u64,
+        error: String,
+    },
+    /// A newer run of the job took over: this one must stop without committing (see
+    /// [`weir_checkpoint::commit`]).
+    Stale {
+        error: String,
+    },
 }
 
 /// Finishes the asynchronous parts of a snapshot: the operator's (in the order it handed them
@@ -56,6 +75,7 @@ pub(crate) fn io_thread(
     storage: CheckpointStorage,
     run: String,
     mut known: HashMap<(String, usize), HashMap<String, FileRef>>,
+    mut chain: Chain,
     jobs: Receiver<IoJob>,
     done: Sender<IoDone>,
 ) {
@@ -119,8 +139,9 @@ pub(crate) fn io_thread(
             IoJob::Finalize { meta, savepoint_root, retain } => {
                 let id = meta.checkpoint_id;
                 let bytes = meta.files().map(|f| f.size).sum();
+                crate::fault::pause_point("before-checkpoint-commit", id);
                 let r = (|| -> Result<Option<String>> {
-                    storage.complete(&meta)?;
+                    storage.commit(&meta, &mut chain)?;
                     let sp = match savepoint_root {
                         Some(root) => Some(storage.write_savepoint(&meta, &root)?),
                         None => None,
@@ -138,6 +159,11 @@ pub(crate) fn io_thread(
                 })();
                 match r {
                     Ok(savepoint) => IoDone::Finalized { id, savepoint, bytes },
+                    Err(e) if e.downcast_ref::<Stale>().is_some() => {
+                        let error = format!("{e:#}");
+                        tracing::error!(checkpoint = id, "{error}");
+                        IoDone::Stale { error }
+                    }
                     Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
                 }
             }
@@ -192,11 +218,12 @@ mod tests {
             tx.send(j).unwrap();
         }
         drop(tx);
-        io_thread(storage, "run".into(), HashMap::new(), rx, done_tx);
+        io_thread(storage, "run".into(), HashMap::new(), Chain::default(), rx, done_tx);
         done.try_iter()
             .map(|d| match d {
                 IoDone::Uploaded { id, .. } | IoDone::Finalized { id, .. } => (id, None),
                 IoDone::Failed { id, error } => (id, Some(error)),
+                IoDone::Stale { error } => (0, Some(error)),
             })
             .collect()
     }

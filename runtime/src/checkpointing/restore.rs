@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use weir_checkpoint::{materialize, CheckpointStorage, FileRef, LoadedSnapshot, Location, SnapshotKind};
+use weir_checkpoint::{materialize, Chain, CheckpointStorage, FileRef, LoadedSnapshot, Location, SnapshotKind};
 use weir_state::snapshot::original_file_name;
 use weir_state::{KeyGroupRange, KeyedStateBackend, StateMemory};
 
@@ -98,17 +98,20 @@ impl Restore {
     }
 }
 /// Loads the snapshot `--restore` names: `none`, `latest`, a path, or the URL of a savepoint on
-/// an object store (downloaded into `scratch` first).
+/// an object store (downloaded into `scratch` first); with it, the chain of checkpoints the
+/// coordinator continues. `latest` continues the chain it restores; `none` and an explicit path
+/// start a new one after every checkpoint id already used.
 pub(crate) fn initial_restore(
     spec: &str,
     storage: Option<&CheckpointStorage>,
     scratch: &Path,
-) -> Result<Option<LoadedSnapshot>> {
+) -> Result<(Option<LoadedSnapshot>, Chain)> {
+    let new_chain = || -> Result<Chain> { Ok(Chain::after(storage.map(|s| s.max_id()).transpose()?.unwrap_or(0))) };
     match spec {
-        "none" => Ok(None),
+        "none" => Ok((None, new_chain()?)),
         "latest" => match storage {
-            Some(s) => s.latest_valid(),
-            None => Ok(None),
+            Some(s) => s.restore_point(),
+            None => Ok((None, Chain::default())),
         },
         path => {
             let location: Location = path.parse().with_context(|| format!("--restore {path}"))?;
@@ -117,7 +120,8 @@ pub(crate) fn initial_restore(
             if !dir.exists() {
                 bail!("--restore {path}: no such savepoint or checkpoint directory");
             }
-            Ok(Some(weir_checkpoint::load(&dir).with_context(|| format!("--restore {path}"))?))
+            let snapshot = weir_checkpoint::load(&dir).with_context(|| format!("--restore {path}"))?;
+            Ok((Some(snapshot), new_chain()?))
         }
     }
 }
