@@ -164,29 +164,46 @@ fn reference(query: &str, events: &[Event]) -> Digest {
     d
 }
 
-#[test]
-fn every_query_matches_a_brute_force_evaluation_at_parallelism_1_and_2() {
+/// Runs the benchmark with `flags` and checks every row of its table against the brute-force
+/// evaluation; returns the (query, parallelism, processes) it saw.
+fn check_table(flags: &[&str]) -> HashSet<(String, String, String)> {
     let out = std::process::Command::new(example("nexmark"))
-        .args(["--events", &EVENTS.to_string(), "--runs", "1", "--parallelism", "1,2"])
+        .args(["--events", &EVENTS.to_string(), "--runs", "1"])
         .args(["--checkpoint-interval", "50ms", "--memory-budget", "192MiB"])
+        .args(flags)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains("machine: "), "{table}");
     let events = events();
     let mut seen = HashSet::new();
     for line in table.lines().filter(|l| l.starts_with("| q") && !l.starts_with("| query")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        let (query, p, n) = (cells[1], cells[3], cells[4]);
+        let (query, p, procs, n) = (cells[1], cells[3], cells[4], cells[5]);
         assert_eq!(n, EVENTS.to_string(), "{line}");
-        assert!(cells[6].parse::<f64>().unwrap() > 0.0, "events/s: {line}");
-        assert!(cells[9].parse::<u64>().unwrap() >= 1, "at least the final checkpoint: {line}");
+        assert!(cells[7].parse::<f64>().unwrap() > 0.0, "events/s: {line}");
+        assert!(cells[10].parse::<u64>().unwrap() >= 1, "at least the final checkpoint: {line}");
         let expected = reference(query, &events);
         assert!(expected.rows > 0, "{query}: the reference has rows");
-        assert_eq!(cells[12], expected.rows.to_string(), "{query} at p={p}: row count");
-        assert_eq!(cells[13], expected.hex(), "{query} at p={p}: row digest");
-        seen.insert((query.to_string(), p.to_string()));
+        assert_eq!(cells[13], expected.rows.to_string(), "{query} at p={p} as {procs} processes: row count");
+        assert_eq!(cells[14], expected.hex(), "{query} at p={p} as {procs} processes: row digest");
+        seen.insert((query.to_string(), p.to_string(), procs.to_string()));
     }
-    assert_eq!(seen.len(), 16, "8 queries at 2 parallelisms: {table}");
-    assert!(table.contains("machine: "), "{table}");
+    seen
+}
+
+#[test]
+fn every_query_matches_a_brute_force_evaluation_at_parallelism_1_and_2() {
+    let seen = check_table(&["--parallelism", "1,2"]);
+    assert_eq!(seen.len(), 16, "8 queries at 2 parallelisms: {seen:?}");
+}
+
+/// The same queries as one, two and three processes on loopback (at parallelism 3, one
+/// subtask of each operator per process at 3): every process reports its part, and the parts
+/// add up to the brute-force answer.
+#[test]
+fn every_query_gives_the_same_answer_as_one_two_and_three_processes() {
+    let seen = check_table(&["--parallelism", "3", "--processes", "1,2,3"]);
+    assert_eq!(seen.len(), 24, "8 queries as 1, 2 and 3 processes: {seen:?}");
 }

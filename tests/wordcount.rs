@@ -180,3 +180,31 @@ fn socket_word_counts_print_the_complete_table_every_trigger() {
     // Earlier tables show smaller counts: the table is updated, not appended.
     assert!(batches[0].1[0].1 < expected[0].1);
 }
+
+/// The same job as three processes on loopback: words hashed to counting subtasks in all three
+/// processes, each process's sink writing its part; together exactly the reference counts.
+#[test]
+fn file_word_counts_as_three_processes_equal_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let mut all = Vec::new();
+    for (i, n) in [20_000, 7, 9_000].into_iter().enumerate() {
+        let lines = corpus(n, i as u64 + 10);
+        std::fs::write(input.join(format!("book-{i}.txt")), lines.join("\n")).unwrap();
+        all.extend(lines);
+    }
+    let expected = reference(&all);
+    let out = dir.path().join("out");
+    let args: Vec<String> = ["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "-p", "3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut c = common::cluster::Cluster::start_job("wordcount", 3, &args, &dir.path().join("run"), &[], &[]);
+    let statuses = c.wait(std::time::Duration::from_secs(120));
+    assert!(statuses.iter().all(|s| s.success()), "{}", c.logs());
+    let rows = read_counts(&out);
+    assert_eq!(rows.len(), expected.len(), "one row per word");
+    let got: HashMap<String, u64> = rows.into_iter().collect();
+    assert_eq!(got, expected);
+}

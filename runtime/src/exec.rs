@@ -30,6 +30,8 @@ pub struct JobResult {
     pub elapsed: Duration,
     /// The job's checkpoints (the last 100, as `/checkpoints` showed them), terminal one included.
     pub checkpoints: Vec<CheckpointInfo>,
+    /// Bytes and records this process sent to other processes of the job (0 in one process).
+    pub network_out: (u64, u64),
 }
 
 impl JobResult {
@@ -198,7 +200,12 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
         }
     }
     let checkpoints = control.checkpoints.lock().clone();
-    let result = JobResult { counters: metrics.counters(), elapsed: started.elapsed(), checkpoints };
+    let network_out = metrics
+        .channels()
+        .iter()
+        .filter(|(k, _)| k.direction == "out" && k.process == args.process_index as usize)
+        .fold((0, 0), |(b, r), (_, [bytes, records, _])| (b + bytes, r + records));
+    let result = JobResult { counters: metrics.counters(), elapsed: started.elapsed(), checkpoints, network_out };
     tracing::info!(elapsed_ms = result.elapsed.as_millis() as u64, "job '{job_name}' finished");
     Ok(result)
 }
