@@ -1,7 +1,8 @@
 //! One job as several processes, each on its own loopback "host" (127.0.0.1, .2, .3) with its own
 //! empty `--state-dir` every run (a new machine), checkpoints and output on the S3-compatible
 //! server: killed again and again at random moments and at named crash points (every process
-//! fails with the one killed, fail-stop), restarted with the same flags, then rescaled to other
+//! fails with the one killed, fail-stop), the coordinator and the workers 10 times each,
+//! restarted with the same flags, then rescaled to other
 //! numbers of processes and parallelisms; the committed output always equals a failure-free run
 //! in one process.
 
@@ -95,7 +96,7 @@ fn three_processes_survive_kills_of_any_process_on_new_machines() {
             assert_eq!(statuses[p].signal(), Some(9), "process {p} crashes at {point}:\n{}", c.logs());
             assert!(c.log(p).contains("WEIR_CRASH_AT: crashing at"), "{}", c.log(p));
             kills += 1;
-        } else if kills < named.len() + 12 {
+        } else if kills < named.len() + 20 {
             let before = bucket.max_checkpoint("chk/auction_windows");
             let mut c = Cluster::start(3, &args, &run_dir, &env, None);
             // Three kills in four hit a running job (after its first checkpoint); the rest any
@@ -114,7 +115,9 @@ fn three_processes_survive_kills_of_any_process_on_new_machines() {
                 assert!(statuses.iter().all(|s| s.success()), "ended early:\n{}", c.logs());
                 panic!("the job finished after {kills} kills; give it more input");
             }
-            let took = c.kill_one(rng.below(3) as usize);
+            // Alternately the coordinator (process 0) and a worker: 10 kills each.
+            let victim = if kills % 2 == 0 { 0 } else { 1 + rng.below(2) as usize };
+            let took = c.kill_one(victim);
             // Connected processes notice a lost peer at once (its kernel closes the sockets).
             assert!(!running || took < Duration::from_secs(5), "fail-stop took {took:?}:\n{}", c.logs());
             kills += 1;
@@ -141,9 +144,9 @@ fn a_job_moves_between_numbers_of_processes_and_parallelisms() {
     run_ok("auction_windows", &["--input", input.to_str().unwrap(), "--output", ref_out.to_str().unwrap()]);
     let env = bucket.env();
     let (out, chk) = (bucket.url("out"), bucket.url("chk"));
-    // 3 processes at parallelism 3, then 2 at 4, each killed after a few checkpoints; then 1
+    // 2 processes at parallelism 2, 3 at 3, 2 at 4, each killed after a few checkpoints; then 1
     // process at parallelism 2 finishes.
-    for (run, (n, p)) in [(3, 3), (2, 4)].into_iter().enumerate() {
+    for (run, (n, p)) in [(2, 2), (3, 3), (2, 4)].into_iter().enumerate() {
         let run_dir = dir.path().join(format!("run-{run}"));
         let first = bucket.max_checkpoint("chk/auction_windows");
         let mut c = Cluster::start(n, &job_args(&input, &out, &chk, p), &run_dir, &env, None);
