@@ -41,8 +41,22 @@ impl Cluster {
         env: &[(String, String)],
         only: &[(usize, &str, &str)],
     ) -> Self {
+        Self::start_via(job, n, args, run_dir, env, only, &|_, _, addr| addr.to_string())
+    }
+
+    /// [`Cluster::start_job`], where process `i` reaches process `j` (listening on `addr`) at
+    /// `route(i, j, addr)`: a test puts a link it can cut in between.
+    pub fn start_via(
+        job: &str,
+        n: usize,
+        args: &[String],
+        run_dir: &Path,
+        env: &[(String, String)],
+        only: &[(usize, &str, &str)],
+        route: &dyn Fn(usize, usize, &str) -> String,
+    ) -> Self {
         let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
-        let peers: Vec<String> = (0..n).map(|i| format!("{}:{}", hosts[i % 3], free_port())).collect();
+        let listen: Vec<String> = (0..n).map(|i| format!("{}:{}", hosts[i % 3], free_port())).collect();
         std::fs::create_dir_all(run_dir).unwrap();
         let mut procs = Vec::new();
         let mut logs = Vec::new();
@@ -52,7 +66,8 @@ impl Cluster {
             let log = run_dir.join(format!("process-{i}.log"));
             let mut cmd = Command::new(example(job));
             cmd.args(args)
-                .args(["--processes", &n.to_string(), "--process-index", &i.to_string(), "--peers", &peers.join(",")])
+                .args(["--processes", &n.to_string(), "--process-index", &i.to_string(), "--listen", &listen[i]])
+                .args(["--peers", &(0..n).map(|j| route(i, j, &listen[j])).collect::<Vec<_>>().join(",")])
                 .args(["--state-dir", run_dir.join(format!("state-{i}")).to_str().unwrap()])
                 .args(["--peer-timeout", "5s", "--connect-timeout", "10s", "--metrics-addr", &addr])
                 .envs(env.iter().cloned())
