@@ -11,7 +11,7 @@
 //!
 //! With `--processes`, a run is the job as that many processes on loopback; each reports its
 //! share and the table adds them up (a digest is a wrapping sum, so the parts add up to the
-//! whole) and shows the bytes sent between the processes per second.
+//! whole) and shows the records and bytes sent between the processes per second.
 //!
 //! The queries live in the library (`weir::nexmark`); every query ends in a sink that counts its
 //! rows and adds up a hash of each, so a run also says *what* it computed: the digest must not
@@ -238,7 +238,7 @@ fn bench(b: BenchArgs) -> Result<()> {
     let dir = b.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "| query | what | p | processes | events | median s | events/s | events/s per core | peak RSS MiB | checkpoints | checkpoint p50 ms | checkpoint p99 ms | rows | digest | state MiB | network MiB/s | vs 1 process |"
+        "| query | what | p | processes | events | median s | events/s | events/s per core | peak RSS MiB | checkpoints | checkpoint p50 ms | checkpoint p99 ms | rows | digest | state MiB | network records/s / MiB/s | vs 1 process |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     let mut failures = Vec::new();
@@ -311,7 +311,10 @@ impl Runs {
         let rate = s.events as f64 / median;
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         let mib = (1u64 << 20) as f64;
-        let network = if n > 1 { format!("{:.1}", s.network_bytes as f64 / mib / median) } else { "-".into() };
+        let network = match n > 1 {
+            true => format!("{:.0} / {:.1}", s.network_records as f64 / median, s.network_bytes as f64 / mib / median),
+            false => "-".into(),
+        };
         let state = if s.state_bytes > 0 { format!("{:.0}", s.state_bytes as f64 / mib) } else { "-".into() };
         let ratio = match one_process {
             Some(one) if n > 1 => format!("{:.2}×", one / median),

@@ -38,7 +38,17 @@ impl Link {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(a) = conn else { return };
-                let Ok(b) = TcpStream::connect(&target) else { continue };
+                // The target may not listen yet (processes start together): wait for it, as the
+                // process behind the link would.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let b = loop {
+                    match TcpStream::connect(&target) {
+                        Ok(b) => break Some(b),
+                        Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                        Err(_) => break None,
+                    }
+                };
+                let Some(b) = b else { continue };
                 for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
                     let cut = c.clone();
                     std::thread::spawn(move || {

@@ -231,7 +231,9 @@ impl CheckpointStorage {
         }
         if self.remote.is_some() {
             // The mirror keeps a copy, so that a restart on this machine downloads nothing.
-            write_metadata(&self.chk_dir(id), meta)?;
+            let dir = self.chk_dir(id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_metadata(&dir, meta)?;
         }
         chain.previous = id;
         chain.passed_over.clear();

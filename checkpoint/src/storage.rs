@@ -263,7 +263,9 @@ impl CheckpointStorage {
             bail!("checkpoint {id} in {} was committed by another coordinator of this job", self.location());
         }
         if self.remote.is_some() {
-            write_metadata(&self.chk_dir(id), meta)?;
+            let dir = self.chk_dir(id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_metadata(&dir, meta)?;
         }
         Ok(())
     }
