@@ -74,6 +74,9 @@ struct BenchArgs {
     /// Memory budget handed to every run.
     #[arg(long, value_name = "BYTES", default_value = "1GiB")]
     memory_budget: String,
+    /// Watermark alignment of the source subtasks handed to every run (`off`: none).
+    #[arg(long, default_value = "2s", value_parser = parse_alignment)]
+    watermark_alignment: Alignment,
     /// Work directory for checkpoints and state [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -90,8 +93,30 @@ struct RunArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The most a source subtask's watermark may run ahead of the slowest subtask's of its process
+    /// (`off`: no alignment). Two source subtasks on two shared cores drift apart without it, and
+    /// windows and joins hold state for the skew.
+    #[arg(long, default_value = "2s", value_parser = parse_alignment)]
+    watermark_alignment: Alignment,
     #[command(flatten)]
     job: JobArgs,
+}
+
+/// A watermark alignment drift, or none.
+#[derive(Clone, Copy, Debug)]
+struct Alignment(Option<Duration>);
+
+fn parse_alignment(s: &str) -> Result<Alignment, String> {
+    match s {
+        "off" => Ok(Alignment(None)),
+        d => parse_duration(d).map(|d| Alignment(Some(d))),
+    }
+}
+
+impl Alignment {
+    fn flag(&self) -> String {
+        self.0.map_or("off".into(), |d| format!("{}ms", d.as_millis()))
+    }
 }
 
 /// What a child run reports on its last stdout line.
@@ -141,11 +166,11 @@ impl Summary {
 fn run_query(args: RunArgs) -> Result<()> {
     let cfg = NexmarkConfig { seed: args.seed, limit: Some(args.events), ..NexmarkConfig::default() };
     let env = StreamEnv::new(args.job.clone());
-    // Two source subtasks drift apart on two shared cores; alignment keeps windows and joins from
-    // holding state for the skew.
-    let strategy = WatermarkStrategy::for_monotonous_timestamps()
-        .with_timestamp_assigner(|e: &Event| e.date_time())
-        .with_watermark_alignment(Duration::from_secs(2));
+    let strategy = WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|e: &Event| e.date_time());
+    let strategy = match args.watermark_alignment.0 {
+        Some(drift) => strategy.with_watermark_alignment(drift),
+        None => strategy,
+    };
     let events = env.add_source("nexmark", NexmarkSource::new(cfg), strategy).uid("nexmark");
     let digest = Digest::default();
     build(args.query, &events, &digest);
@@ -223,6 +248,7 @@ fn run_commands(exe: &Path, b: &BenchArgs, q: Query, p: usize, n: usize, work: &
             .arg(work.join(format!("state-{i}")))
             .args(["--checkpoint-interval", &format!("{}ms", b.checkpoint_interval.as_millis())])
             .args(["--memory-budget", &b.memory_budget, "--progress-interval", "0s"])
+            .args(["--watermark-alignment", &b.watermark_alignment.flag()])
             .env("RUST_LOG", "warn");
         if n > 1 {
             cmd.args(["--processes", &n.to_string(), "--process-index", &i.to_string(), "--peers", &peers.join(",")]);

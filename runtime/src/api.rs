@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use crate::alignment::AlignmentGroup;
 use crate::args::JobArgs;
 use crate::context::BuildContext;
 use crate::driver::{Co, DriverOp, Keyed, KeyedCo, OneInput, OperatorDriver};
@@ -21,7 +22,7 @@ use crate::operator::{CoOperator, KeyedCoOperator, KeyedOperator, Operator, Outp
 use crate::output::{KeyGroupFn, TaskHead};
 use crate::port::{typed_port, unbox_output, PortType};
 use crate::source::Source;
-use crate::source_task::{AlignmentGroup, RunnableSource, SourceTask};
+use crate::source_task::{RunnableSource, SourceTask};
 use crate::time::WatermarkStrategy;
 
 /// The entry point of a job: add sources, transform streams, then [`execute`](StreamEnv::execute).

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod alignment;
 mod api;
 mod args;
 mod attempt;

@@ -4,12 +4,12 @@
 //! `checkpointing/mod.rs`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
+use crate::alignment::{publish, too_far_ahead, AlignmentGroup};
 use crate::checkpointing::{missing, LocalSnapshot, SnapshotTiming, TaskEvent};
 use crate::driver::DriverEnv;
 use crate::element::{CheckpointBarrier, Data, Record, MAX_WATERMARK};
@@ -29,29 +29,8 @@ pub(crate) struct SourceTask<T: Data> {
     pub env: DriverEnv,
     /// The watermarks of every subtask of this source, for watermark alignment.
     pub alignment: AlignmentGroup,
-    /// `(this process, processes)`: alignment counts only this process's subtasks (their
-    /// watermarks are not shared across processes yet).
+    /// `(this process, processes)`: where the subtasks of the alignment group run.
     pub placement: (usize, usize),
-}
-
-/// The latest watermark of every subtask of one source (`i64::MAX` when finished or idle).
-pub(crate) type AlignmentGroup = Arc<parking_lot::Mutex<Vec<i64>>>;
-
-/// Whether `own` is more than `drift` ahead of the slowest subtask. A subtask without a watermark
-/// yet (not started, or no data) counts as the slowest of all, so a fast subtask cannot run ahead
-/// before a slow one has even begun; it stops counting once it is idle or finished.
-fn too_far_ahead(group: &AlignmentGroup, own: i64, drift: i64) -> bool {
-    let slowest = group.lock().iter().copied().min();
-    own > i64::MIN && slowest.is_some_and(|m| m < MAX_WATERMARK && own > m.saturating_add(drift))
-}
-
-/// The starting watermarks of a source's alignment group in process `placement.0` of
-/// `placement.1`: its own subtasks have none yet; subtasks in other processes never publish here,
-/// so they do not count (as finished ones), or they would hold this process's back forever.
-fn alignment_slots(parallelism: usize, (me, processes): (usize, usize)) -> Vec<i64> {
-    (0..parallelism)
-        .map(|s| if crate::net::process_of(s, parallelism, processes) == me { i64::MIN } else { MAX_WATERMARK })
-        .collect()
 }
 
 /// A source task with its type erased, so the executor can run any of them.
@@ -203,11 +182,7 @@ impl<T: Data> SourceRun<T> {
             return;
         }
         let info = self.env.ctx.info();
-        let mut g = self.alignment.lock();
-        if g.len() != info.parallelism {
-            *g = alignment_slots(info.parallelism, self.placement);
-        }
-        g[info.subtask] = wm;
+        publish(&self.alignment, info.parallelism, self.placement, info.subtask, wm);
     }
 
     fn too_far_ahead(&self) -> bool {
@@ -378,27 +353,5 @@ impl<T: Data> SourceRun<T> {
             self.flush_all()?;
         }
         Ok(now_ms)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// With watermark alignment across processes, a subtask must not wait for subtasks that run
-    /// elsewhere (their watermarks never reach this process): Nexmark q5 as two processes stood
-    /// still after its first batch before.
-    #[test]
-    fn alignment_counts_only_this_processs_subtasks() {
-        assert_eq!(alignment_slots(2, (0, 1)), [i64::MIN, i64::MIN]);
-        assert_eq!(alignment_slots(2, (0, 2)), [i64::MIN, MAX_WATERMARK]);
-        assert_eq!(alignment_slots(4, (1, 2)), [MAX_WATERMARK, MAX_WATERMARK, i64::MIN, i64::MIN]);
-        let group: AlignmentGroup = Arc::new(parking_lot::Mutex::new(alignment_slots(2, (0, 2))));
-        group.lock()[0] = 5_000;
-        assert!(!too_far_ahead(&group, 5_000, 1_000), "the only local subtask is never too far ahead");
-        // In one process the other subtask without a watermark holds it back, as before.
-        let group: AlignmentGroup = Arc::new(parking_lot::Mutex::new(alignment_slots(2, (0, 1))));
-        group.lock()[0] = 5_000;
-        assert!(too_far_ahead(&group, 5_000, 1_000));
     }
 }
