@@ -198,24 +198,34 @@ impl Mesh {
         };
         let listen = self.cfg.listen.clone().unwrap_or_else(|| self.cfg.peers[self.cfg.index].clone());
         let deadline = Instant::now() + self.cfg.connect_timeout;
-        let streams = self.rt.block_on(async {
+        // Each connection runs as soon as its handshake is done, so a peer that dies while the
+        // others are still connecting fails this process at once instead of at the deadline.
+        let on_peer = |peer: usize, stream: TcpStream| self.start(peer, stream);
+        self.rt.block_on(async {
             let listener = TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
-            let accept = accept_higher(&listener, &hello, self.cfg.peers.len());
-            let connect = connect_lower(&self.cfg.peers, &hello);
-            tokio::time::timeout_at(deadline.into(), async { tokio::try_join!(accept, connect) }).await.map_err(
-                |_| {
-                    anyhow!(
+            let accept = accept_higher(&listener, &hello, self.cfg.peers.len(), &on_peer);
+            let connect = connect_lower(&self.cfg.peers, &hello, &on_peer);
+            let all = async { tokio::try_join!(accept, connect) };
+            let lost = async {
+                loop {
+                    if let Ok(e) = self.failures.try_recv() {
+                        return e.context("a process of the job failed while the processes were connecting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), all) => match r {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(anyhow!(
                         "not every process of the job was reachable within {:?} (peers: {})",
                         self.cfg.connect_timeout,
                         self.cfg.peers.join(",")
-                    )
+                    )),
                 },
-            )?
+                e = lost => Err(e),
+            }
         })?;
-        let (accepted, connected) = streams;
-        for (peer, stream) in accepted.into_iter().chain(connected) {
-            self.start(peer, stream)?;
-        }
         tracing::info!(process = self.cfg.index, processes = self.cfg.peers.len(), "connected to every peer");
         Ok(())
     }
@@ -252,9 +262,12 @@ async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// What to do with a connection to a peer once the hellos are exchanged.
+type OnPeer<'a> = &'a (dyn Fn(usize, TcpStream) -> Result<()> + Sync);
+
 /// Accepts a connection from every process with a higher index.
-async fn accept_higher(listener: &TcpListener, hello: &Hello, processes: usize) -> Result<Vec<(usize, TcpStream)>> {
-    let mut got: Vec<(usize, TcpStream)> = Vec::new();
+async fn accept_higher(listener: &TcpListener, hello: &Hello, processes: usize, on_peer: OnPeer<'_>) -> Result<()> {
+    let mut got: Vec<usize> = Vec::new();
     while got.len() < processes - hello.process - 1 {
         let (mut s, from) = listener.accept().await?;
         s.set_nodelay(true)?;
@@ -266,17 +279,17 @@ async fn accept_higher(listener: &TcpListener, hello: &Hello, processes: usize) 
                 continue;
             }
         };
-        if theirs.process <= hello.process || got.iter().any(|(p, _)| *p == theirs.process) {
+        if theirs.process <= hello.process || got.contains(&theirs.process) {
             bail!("process {} connected to process {} twice or out of order", theirs.process, hello.process);
         }
-        got.push((theirs.process, s));
+        got.push(theirs.process);
+        on_peer(theirs.process, s)?;
     }
-    Ok(got)
+    Ok(())
 }
 
 /// Connects to every process with a lower index, retrying until it listens.
-async fn connect_lower(peers: &[String], hello: &Hello) -> Result<Vec<(usize, TcpStream)>> {
-    let mut got = Vec::new();
+async fn connect_lower(peers: &[String], hello: &Hello, on_peer: OnPeer<'_>) -> Result<()> {
     for (p, addr) in peers.iter().enumerate().take(hello.process) {
         let mut s = loop {
             match TcpStream::connect(addr).await {
@@ -289,9 +302,9 @@ async fn connect_lower(peers: &[String], hello: &Hello) -> Result<Vec<(usize, Tc
         if theirs.process != p {
             bail!("{addr} is process {} of the job, but --peers lists it as process {p}", theirs.process);
         }
-        got.push((p, s));
+        on_peer(p, s)?;
     }
-    Ok(got)
+    Ok(())
 }
 
 /// Exchanges hellos; refuses a peer of another job, graph or flags.

@@ -188,3 +188,30 @@ fn credits_come_back_a_quarter_of_the_capacity_at_a_time() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_peer_that_dies_while_others_still_connect_fails_the_start_at_once() {
+    // Process 2 never comes; process 1 says hello to process 0 and dies (its socket closes).
+    let peers = vec![free_addr(), free_addr(), free_addr()];
+    let a = Mesh::new(config(0, &peers, 7, Duration::from_secs(10))).unwrap();
+    let addr = peers[0].clone();
+    let one = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut s = loop {
+                match TcpStream::connect(&addr).await {
+                    Ok(s) => break s,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            let hello = Hello { job: "test".into(), process: 1, processes: 3, fingerprint: 7, restore: None };
+            handshake(&mut s, &hello).await.unwrap();
+        })
+    });
+    let started = Instant::now();
+    let e = a.connect().expect_err("process 1 is gone and process 2 never came");
+    one.join().unwrap();
+    let msg = format!("{e:#}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}: {msg}", started.elapsed());
+    assert!(msg.contains("while the processes were connecting") && msg.contains("process 1"), "{msg}");
+}
