@@ -214,14 +214,7 @@ fn a_frozen_process_fails_the_job_within_the_peer_timeout() {
     let m = metrics(&c);
     let waited = sum(&m, "weir_network_backpressured_ms_total{process=\"0\",direction=\"out\"", "peer=\"1\"");
     assert!(waited > 300.0, "the sender to the frozen process waited for credits ({waited} ms):\n{m}");
-    let deadline = stopped + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = c.procs[0].try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "process 0 still runs 20 s after its peer froze");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = c.wait_for(0, Duration::from_secs(20));
     let took = stopped.elapsed();
     c.procs[1].kill().unwrap();
     c.procs[1].wait().unwrap();
@@ -299,18 +292,6 @@ fn the_launcher_runs_and_stops_a_job_as_processes_and_refuses_mismatched_flags()
     assert_same_rows(&sorted_rows(&out), &sorted_rows(&ref_out));
 }
 
-/// Waits for process `i` of `c` to end (at most `limit`).
-fn wait_one(c: &mut Cluster, i: usize, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = c.procs[i].try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "process {i} still runs after {limit:?}:\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_coordinator_that_wakes_after_its_successor_took_over_commits_nothing() {
     let bucket = common::s3::bucket("multi-stale");
@@ -330,7 +311,7 @@ fn a_coordinator_that_wakes_after_its_successor_took_over_commits_nothing() {
         assert!(Instant::now() < deadline, "process 0 never paused:\n{}", old.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!wait_one(&mut old, 1, Duration::from_secs(30)).success());
+    assert!(!old.wait_for(1, Duration::from_secs(30)).success());
     // The job is restarted (as Kubernetes would, on other machines): it restores checkpoint 2,
     // closes 3 and runs to the end.
     let mut new = Cluster::start(2, &args, &dir.path().join("new"), &env, None);
@@ -348,7 +329,7 @@ fn a_coordinator_that_wakes_after_its_successor_took_over_commits_nothing() {
     // The old coordinator wakes: it must not commit checkpoint 3, and its sinks nothing.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(old.procs[0].id() as i32, libc::SIGCONT) };
-    assert!(!wait_one(&mut old, 0, Duration::from_secs(30)).success());
+    assert!(!old.wait_for(0, Duration::from_secs(30)).success());
     let log = old.log(0);
     assert!(log.contains("checkpoint 3 not committed") && log.contains("is stale"), "{log}");
     let three = bucket.get("chk/auction_windows/chk-3/_metadata").map(|b| String::from_utf8(b).unwrap());

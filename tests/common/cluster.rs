@@ -92,6 +92,18 @@ impl Cluster {
         (0..self.procs.len()).map(|i| format!("--- process {i}:\n{}", self.log(i))).collect()
     }
 
+    /// Waits for process `i` to end (at most `limit`).
+    pub fn wait_for(&mut self, i: usize, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.procs[i].try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process {i} still runs after {limit:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for every process to end (at most `limit`), returning their statuses.
     pub fn wait(&mut self, limit: Duration) -> Vec<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
