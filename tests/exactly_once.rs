@@ -211,3 +211,67 @@ fn checkpoints_taken_after_rescaled_restores_restore_again() {
     assert_eq!(counts(&out), counts(&ref_out));
     assert_no_in_progress(&out);
 }
+
+/// One process, as when Kubernetes runs a replacement while the old pod is frozen: the old
+/// instance stops (SIGSTOP, `WEIR_PAUSE_AT`) with every acknowledgement of checkpoint 3 in hand;
+/// its successor restores checkpoint 2 and finishes the job; woken, the old one commits nothing
+/// and stops, although it has restart attempts left (restarting would only compete again).
+#[test]
+fn a_frozen_instance_woken_after_its_successor_finished_stops_without_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    common::write_bids(&input, 20_000, 3_000, 8);
+    let ref_out = dir.path().join("ref");
+    run_ok("auction_windows", &["--input", input.to_str().unwrap(), "--output", ref_out.to_str().unwrap()]);
+    let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
+    let args = [
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--checkpoint-dir",
+        chk.to_str().unwrap(),
+        "--checkpoint-interval",
+        "100ms",
+        "--rate",
+        "4000",
+        "--restart-attempts",
+        "3",
+        "--progress-interval",
+        "0s",
+    ];
+    let log = dir.path().join("old.log");
+    let mut old = std::process::Command::new(common::example("auction_windows"))
+        .args(args)
+        .env("WEIR_PAUSE_AT", "before-checkpoint-commit:3")
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !read_log().contains("WEIR_PAUSE_AT: pausing at before-checkpoint-commit:3") {
+        assert!(std::time::Instant::now() < deadline, "the old instance never paused:\n{}", read_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_ok("auction_windows", &args);
+    let expected = sorted_rows(&ref_out, ".csv", Some("window_start,auction,count,max_price"));
+    let rows = || sorted_rows(&out, ".csv", Some("window_start,auction,count,max_price"));
+    assert_eq!(rows(), expected);
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(old.id() as i32, libc::SIGCONT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = old.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the woken instance still runs:\n{}", read_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let text = read_log();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("checkpoint 3 not committed") && text.contains("is stale and stops"), "{text}");
+    assert!(!text.contains("restarting from the latest checkpoint"), "a stale run must not restart:\n{text}");
+    assert_eq!(rows(), expected);
+}

@@ -214,7 +214,7 @@ impl Run<'_> {
 
     fn on_io_done(&mut self, done: IoDone) {
         match (self.coord.as_mut(), done) {
-            (_, IoDone::Stale { error }) => self.failure.fail(anyhow!(error), &self.tasks),
+            (_, IoDone::Stale(stale)) => self.failure.fail(anyhow::Error::new(stale), &self.tasks),
             (Some(c), done) => on_io_done(c, done, &self.io, &self.tasks, self.env.control, self.peers.as_ref()),
             (None, IoDone::Uploaded { id, node, snapshot, new_bytes, timing, async_ms }) => {
                 let (alignment_ms, sync_ms) = (timing.alignment_ms, timing.sync_ms);
@@ -458,6 +458,6 @@ fn on_io_done(
                 control.record(info);
             }
         }
-        IoDone::Stale { .. } => {}
+        IoDone::Stale(_) => {}
     }
 }

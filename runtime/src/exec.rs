@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::unbounded;
-use weir_checkpoint::{Chain, CheckpointStorage};
+use weir_checkpoint::{Chain, CheckpointStorage, Stale};
 
 use crate::args::JobArgs;
 use crate::attempt::{run_attempt, AttemptEnd, AttemptEnv};
@@ -174,7 +174,9 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
             AttemptEnd::Failed(e) => {
                 // Several processes fail together (fail-stop) and restart together, from outside
                 // (Kubernetes, the launcher): one process alone cannot restart its part.
-                let can_restart = storage.is_some() && attempt < args.restart_attempts && mesh.is_none();
+                // A stale run stops: restarting it would only make it compete with its successor.
+                let stale = e.chain().any(|c| c.is::<Stale>());
+                let can_restart = storage.is_some() && attempt < args.restart_attempts && mesh.is_none() && !stale;
                 if !can_restart {
                     tracing::error!(error = format!("{e:#}"), "job '{job_name}' failed");
                     return Err(e.context(format!("job '{job_name}' failed")));

@@ -39,9 +39,7 @@ pub(crate) enum IoDone {
     },
     /// A newer run of the job took over: this one must stop without committing (see
     /// [`weir_checkpoint::commit`]).
-    Stale {
-        error: String,
-    },
+    Stale(Stale),
 }
 
 /// Finishes the asynchronous parts of a snapshot: the operator's (in the order it handed them
@@ -159,12 +157,13 @@ pub(crate) fn io_thread(
                 })();
                 match r {
                     Ok(savepoint) => IoDone::Finalized { id, savepoint, bytes },
-                    Err(e) if e.downcast_ref::<Stale>().is_some() => {
-                        let error = format!("{e:#}");
-                        tracing::error!(checkpoint = id, "{error}");
-                        IoDone::Stale { error }
-                    }
-                    Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
+                    Err(e) => match e.downcast::<Stale>() {
+                        Ok(stale) => {
+                            tracing::error!(checkpoint = id, "{stale}");
+                            IoDone::Stale(stale)
+                        }
+                        Err(e) => IoDone::Failed { id, error: format!("completing checkpoint {id}: {e:#}") },
+                    },
                 }
             }
             IoJob::Discard { mut snapshot } => {
@@ -223,7 +222,7 @@ mod tests {
             .map(|d| match d {
                 IoDone::Uploaded { id, .. } | IoDone::Finalized { id, .. } => (id, None),
                 IoDone::Failed { id, error } => (id, Some(error)),
-                IoDone::Stale { error } => (0, Some(error)),
+                IoDone::Stale(stale) => (stale.checkpoint, Some(stale.to_string())),
             })
             .collect()
     }
