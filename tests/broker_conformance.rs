@@ -201,7 +201,19 @@ fn last_stable_offset(addr: &str) -> Check {
     other.begin_transaction().map_err(err)?;
     send(&other, &t, 0, "later")?;
     other.commit_transaction(Duration::from_secs(10)).map_err(err)?;
-    let (lso, hw) = (end_offset(addr, &t, "read_committed")?, end_offset(addr, &t, "read_uncommitted")?);
+    // A commit or abort returns once the coordinator has it; the partition's marker follows
+    // asynchronously, so the offsets are read until they settle (10 s at most).
+    let settled = |want: &dyn Fn(i64, i64) -> bool| -> Result<(i64, i64), String> {
+        let started = Instant::now();
+        loop {
+            let (lso, hw) = (end_offset(addr, &t, "read_committed")?, end_offset(addr, &t, "read_uncommitted")?);
+            if want(lso, hw) || started.elapsed() > Duration::from_secs(10) {
+                return Ok((lso, hw));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (lso, hw) = settled(&|_, hw| hw >= 4)?;
     // Offsets: 0 before, 1 open, 2 later, 3 later's commit marker.
     if (lso, hw) != (1, 4) {
         return Err(format!("with a transaction open at offset 1: LSO {lso}, high watermark {hw}"));
@@ -209,7 +221,7 @@ fn last_stable_offset(addr: &str) -> Check {
     expect(read(addr, &t, 0, "read_committed", 3)?, &["before"], "read_committed behind an open transaction")?;
     open.abort_transaction(Duration::from_secs(10)).map_err(err)?;
     // Offsets: 0 before, 1 open, 2 later, 3 later's commit marker, 4 open's abort marker.
-    let lso = end_offset(addr, &t, "read_committed")?;
+    let (lso, _) = settled(&|lso, _| lso >= 4)?;
     if lso < 4 {
         return Err(format!("after the abort the LSO is {lso}, expected past the abort marker"));
     }
