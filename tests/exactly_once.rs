@@ -240,18 +240,12 @@ fn a_frozen_instance_woken_after_its_successor_finished_stops_without_committing
         "--progress-interval",
         "0s",
     ];
-    let log = dir.path().join("old.log");
-    let mut old = std::process::Command::new(common::example("auction_windows"))
-        .args(args)
-        .env("WEIR_PAUSE_AT", "before-checkpoint-commit:3")
-        .env("RUST_LOG", "warn")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let pause = [("WEIR_PAUSE_AT", "before-checkpoint-commit:3")];
+    let mut old = common::spawn_with_env("auction_windows", &owned, &pause);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !read_log().contains("WEIR_PAUSE_AT: pausing at before-checkpoint-commit:3") {
-        assert!(std::time::Instant::now() < deadline, "the old instance never paused:\n{}", read_log());
+    while !old.log().contains("WEIR_PAUSE_AT: pausing at before-checkpoint-commit:3") {
+        assert!(std::time::Instant::now() < deadline, "the old instance never paused:\n{}", old.log());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     run_ok("auction_windows", &args);
@@ -266,10 +260,10 @@ fn a_frozen_instance_woken_after_its_successor_finished_stops_without_committing
         if let Some(s) = old.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "the woken instance still runs:\n{}", read_log());
+        assert!(std::time::Instant::now() < deadline, "the woken instance still runs:\n{}", old.log());
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let text = read_log();
+    let text = old.log();
     assert!(!status.success(), "{text}");
     assert!(text.contains("checkpoint 3 not committed") && text.contains("is stale and stops"), "{text}");
     assert!(!text.contains("restarting from the latest checkpoint"), "a stale run must not restart:\n{text}");

@@ -73,12 +73,18 @@ pub fn run_ok(name: &str, args: &[&str]) -> Output {
 /// Starts a job binary in the background (RUST_LOG=warn): its log goes to a file, stdout is
 /// discarded.
 pub fn spawn(name: &str, args: &[String]) -> Job {
+    spawn_with_env(name, args, &[])
+}
+
+/// [`spawn`] with extra environment variables (e.g. `WEIR_PAUSE_AT`).
+pub fn spawn_with_env(name: &str, args: &[String], env: &[(&str, &str)]) -> Job {
     // The log goes to a file: a pipe that nobody reads before the job ends stalls a job that
     // logs more than the pipe holds (a broker outage makes librdkafka and the job log a lot).
     let log = tempfile::NamedTempFile::new().expect("creating a job log");
     let child = Command::new(example(name))
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log.reopen().expect("opening the job log"))
         .spawn()
