@@ -56,6 +56,11 @@ struct Cli {
     #[arg(long, value_name = "TOPIC", requires = "brokers")]
     output_topic: Option<String>,
 
+    /// Emit a word's running count at each occurrence (Spark's update mode) instead of one final
+    /// count per word when a bounded input ends; the counts stay in keyed state.
+    #[arg(long)]
+    running: bool,
+
     /// Print the whole table of counts to standard output every --trigger, like Spark's console
     /// sink in complete mode.
     #[arg(long)]
@@ -112,7 +117,7 @@ fn main() -> Result<()> {
         _ => unreachable!("clap requires --input, --socket or --input-topic"),
     };
     let words = lines.uid("lines").flat_map(words);
-    let counts = if bounded {
+    let counts = if bounded && !cli.running {
         words
             .key_by(|w: &String| w.clone())
             .window(GlobalWindows::create())

@@ -24,6 +24,7 @@ pub use weir_runtime as runtime;
 pub use weir_state as state;
 
 mod functions;
+pub mod inspect;
 pub mod nexmark;
 
 /// Everything a job needs, in one import.

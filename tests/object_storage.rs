@@ -125,6 +125,7 @@ fn metadata(id: u64, files: Vec<weir::checkpoint::FileRef>) -> CheckpointMetadat
                 watermark: 0,
             }],
         }],
+        duration_ms: None,
     }
 }
 

@@ -254,6 +254,7 @@ mod tests {
             timestamp: 0,
             max_parallelism: 8,
             operators: vec![],
+            duration_ms: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! entry counts and sizes, operator state (source offsets, pending sink epochs) and watermarks,
 //! decoded without the job's Rust types.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use weir_state::snapshot::SnapshotReader;
 
@@ -140,20 +140,147 @@ pub fn inspect(snapshot: &LoadedSnapshot) -> Result<Report> {
     })
 }
 
-/// Every entry of one state of one operator, over all subtasks, as JSON values.
-pub fn dump(snapshot: &LoadedSnapshot, uid: &str, state: &str) -> Result<Vec<serde_json::Value>> {
-    let op = snapshot.meta.operator(uid).ok_or_else(|| {
+/// Which entries `weir savepoint dump` prints.
+#[derive(Clone, Debug, Default)]
+pub struct DumpFilter {
+    /// Only this key, given as JSON and encoded the way jobs encode keys.
+    pub key: Option<serde_json::Value>,
+    /// Only this key group.
+    pub key_group: Option<u16>,
+    /// At most this many entries.
+    pub limit: Option<u64>,
+}
+
+/// The operator `uid` of a snapshot, or an error naming the operators there are.
+pub fn operator<'a>(snapshot: &'a LoadedSnapshot, uid: &str) -> Result<&'a crate::OperatorSnapshot> {
+    snapshot.meta.operator(uid).ok_or_else(|| {
         let uids: Vec<&str> = snapshot.meta.operators.iter().map(|o| o.uid.as_str()).collect();
         anyhow!("no operator with uid '{uid}'; operators: {}", uids.join(", "))
-    })?;
-    let tmp = tempfile::tempdir()?;
-    let mut out = Vec::new();
-    for sub in op.subtasks.iter().filter(|s| !s.keyed_files.is_empty()) {
-        let dir = tmp.path().join(sub.subtask.to_string());
-        materialize(snapshot, sub, &dir)?;
-        out.extend(SnapshotReader::open(&dir)?.dump(state)?);
+    })
+}
+
+/// Passes the entries of one state of one operator that `filter` selects to `emit`, decoded to
+/// JSON, one at a time: one subtask's files are on local disk at once and no entries are
+/// collected, so a state of any size dumps in bounded memory. Returns how many were emitted.
+///
+/// A key is looked up by its encoding (MessagePack of the JSON value: equal to the job's for
+/// numbers, strings, booleans, tuples and sequences). A key whose encoding differs, such as a
+/// struct whose fields the JSON lists in another order, is found by comparing every key.
+pub fn dump(
+    snapshot: &LoadedSnapshot,
+    uid: &str,
+    state: &str,
+    filter: &DumpFilter,
+    emit: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<u64> {
+    let op = operator(snapshot, uid)?;
+    if !op.keyed {
+        bail!("operator '{uid}' has no keyed state");
     }
-    Ok(out)
+    let mut prefix = Vec::new();
+    let mut key_group = filter.key_group;
+    if let Some(key) = &filter.key {
+        let bytes = weir_state::codec::encode(key)?;
+        let kg = weir_state::keygroup::key_group_of(&bytes, snapshot.meta.max_parallelism);
+        if filter.key_group.is_some_and(|g| g != kg) {
+            return Ok(0);
+        }
+        key_group = Some(kg);
+        prefix.extend_from_slice(&kg.to_be_bytes());
+        prefix.extend_from_slice(&bytes);
+    } else if let Some(kg) = key_group {
+        prefix.extend_from_slice(&kg.to_be_bytes());
+    }
+    let limit = filter.limit.unwrap_or(u64::MAX);
+    let mut emitted = walk(
+        snapshot,
+        op,
+        state,
+        &prefix,
+        key_group,
+        &mut |v| {
+            emit(v)?;
+            Ok(true)
+        },
+        limit,
+    )?;
+    if emitted == 0 {
+        if let Some(key) = &filter.key {
+            // The job encoded the key differently (a struct's field order): compare decoded keys.
+            emitted = walk(
+                snapshot,
+                op,
+                state,
+                &[],
+                filter.key_group,
+                &mut |v| {
+                    if v.get("key") == Some(key) {
+                        emit(v)?;
+                        return Ok(true);
+                    }
+                    Ok(false)
+                },
+                limit,
+            )?;
+        }
+    }
+    Ok(emitted)
+}
+
+/// Walks the subtasks that can hold `key_group` (all if `None`), passing entries under `prefix`
+/// to `f`, which says whether it counted the entry against `limit`.
+fn walk(
+    snapshot: &LoadedSnapshot,
+    op: &crate::OperatorSnapshot,
+    state: &str,
+    prefix: &[u8],
+    key_group: Option<u16>,
+    f: &mut dyn FnMut(&serde_json::Value) -> Result<bool>,
+    limit: u64,
+) -> Result<u64> {
+    let mut counted = 0;
+    let mut known_state = false;
+    let mut names = Vec::new();
+    for sub in op.subtasks.iter().filter(|s| !s.keyed_files.is_empty()) {
+        if let (Some(kg), Some(range)) = (key_group, sub.key_groups) {
+            if !range.contains(kg) {
+                continue;
+            }
+        }
+        if counted >= limit {
+            break;
+        }
+        let tmp = tempfile::tempdir()?;
+        materialize(snapshot, sub, tmp.path())?;
+        let reader = SnapshotReader::open(tmp.path())?;
+        let Ok(meta) = reader.meta(state) else {
+            names.extend(reader.states().iter().map(|m| m.name.clone()));
+            continue;
+        };
+        known_state = true;
+        for entry in reader.entries(state, prefix)? {
+            let (k, v) = entry?;
+            // A subtask's files hold only its key groups; anything else is not its state.
+            let kg = weir_state::snapshot::entry_key_group(&k);
+            if let (Some(kg), Some(range)) = (kg, sub.key_groups) {
+                if !range.contains(kg) {
+                    continue;
+                }
+            }
+            if f(&weir_state::snapshot::decode_entry(meta, &k, &v)?)? {
+                counted += 1;
+                if counted >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    if !known_state && !names.is_empty() {
+        names.sort();
+        names.dedup();
+        bail!("operator '{}' has no state '{state}'; states: {}", op.uid, names.join(", "));
+    }
+    Ok(counted)
 }
 
 /// Human-readable rendering of a report.

@@ -17,6 +17,7 @@ pub mod commit;
 pub mod inspect;
 pub mod location;
 pub mod metadata;
+pub mod open;
 pub mod remote;
 mod retention;
 pub mod storage;

@@ -88,6 +88,10 @@ pub struct CheckpointMetadata {
     pub max_parallelism: usize,
     /// The operators' snapshots.
     pub operators: Vec<OperatorSnapshot>,
+    /// From the trigger until every subtask's state was stored, in ms (absent in metadata
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 impl CheckpointMetadata {

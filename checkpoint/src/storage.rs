@@ -158,6 +158,16 @@ impl CheckpointStorage {
         Ok(self.restore_point()?.0)
     }
 
+    /// Checkpoint `id`, verified (brought from the object store first, if there is one).
+    pub fn checkpoint(&self, id: u64) -> Result<LoadedSnapshot> {
+        if let Some(remote) = &self.remote {
+            if !self.fetch(remote, id)? {
+                bail!("{}/chk-{id} is not a complete checkpoint (no _metadata, or aborted)", remote.url());
+            }
+        }
+        load(&self.chk_dir(id))
+    }
+
     /// Brings checkpoint `id` from the object store into the mirror: its `_metadata` and every
     /// file the mirror lacks or holds differently. `false` when it has no `_metadata` (abandoned
     /// or in progress) or when it was aborted.
@@ -325,6 +335,8 @@ pub struct Listed {
     pub files: Option<(u64, u64)>,
     /// When it was triggered (epoch ms; unknown without readable metadata).
     pub triggered: Option<i64>,
+    /// How long it took until every subtask's state was stored (unknown for older metadata).
+    pub duration_ms: Option<u64>,
     /// Bytes of the files the previous listed checkpoint with metadata did not reference: what
     /// this one stored anew.
     pub new_bytes: Option<u64>,
@@ -342,7 +354,14 @@ impl CheckpointStorage {
         };
         let mut out = Vec::new();
         let mut previous: HashSet<String> = HashSet::new();
-        let unknown = |id: u64, status: String| Listed { id, files: None, triggered: None, new_bytes: None, status };
+        let unknown = |id: u64, status: String| Listed {
+            id,
+            files: None,
+            triggered: None,
+            duration_ms: None,
+            new_bytes: None,
+            status,
+        };
         for (id, dir) in self.list()? {
             let meta = match (&self.remote, &stored) {
                 (Some(remote), Some(keys)) => {
@@ -393,6 +412,7 @@ impl CheckpointStorage {
                 id,
                 files: Some(files),
                 triggered: Some(meta.timestamp),
+                duration_ms: meta.duration_ms,
                 new_bytes: Some(new_bytes),
                 status,
             });

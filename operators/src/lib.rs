@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod basic;
+pub mod describe;
 mod ext;
 pub mod kafka;
 mod keyed;

@@ -52,6 +52,7 @@ pub use operator::{
     Operator, OperatorContext, OutputTag, SideOutputs, TaskInfo,
 };
 pub use source::{Source, SourceOutput, SourcePoll, SourceReader};
+pub use source_task::source_snapshot;
 pub use time::{now_millis, WatermarkStrategy};
 pub use weir_state::TimeDomain;
 

@@ -44,6 +44,13 @@ struct SourceState {
     split_watermarks: Vec<(u64, i64)>,
 }
 
+/// What a source subtask keeps in a checkpoint, for tools: its reader's state (the format of the
+/// source) and the highest timestamp seen per split. `None` for any other operator's state.
+pub fn source_snapshot(state: &serde_json::Value) -> Option<(serde_json::Value, Vec<(u64, i64)>)> {
+    let st: SourceState = serde_json::from_value(state.clone()).ok()?;
+    Some((st.reader, st.split_watermarks))
+}
+
 /// What to do after a control message.
 enum Step {
     Continue,

@@ -126,23 +126,39 @@ impl SnapshotReader {
         Ok((out, timers))
     }
 
-    /// Every entry of `state` decoded to JSON: key group, key, namespace, map key and value.
-    pub fn dump(&self, state: &str) -> Result<Vec<serde_json::Value>> {
-        let meta = self.metas.iter().find(|m| m.name == state).ok_or_else(|| {
+    /// The description of `state`, or an error naming the states there are.
+    pub fn meta(&self, state: &str) -> Result<&StateMeta> {
+        self.metas.iter().find(|m| m.name == state).ok_or_else(|| {
             let names: Vec<&str> = self.metas.iter().map(|m| m.name.as_str()).collect();
             anyhow!("no state '{state}' here; states: {}", names.join(", "))
-        })?;
-        let cf = self.db.cf_handle(state).ok_or_else(|| anyhow!("state '{state}' has no column family"))?;
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, v) = item?;
-            out.push(decode_entry(meta, &k, &v)?);
-        }
-        Ok(out)
+        })
+    }
+
+    /// The raw entries of `state` whose stored key starts with `prefix` (`key group ‖ key bytes`
+    /// or a prefix of it), in key order, read one at a time: nothing is buffered, so tools can
+    /// walk states of any size. A state declared but never written has no entries.
+    pub fn entries<'a>(&'a self, state: &str, prefix: &'a [u8]) -> Result<impl Iterator<Item = Result<Entry>> + 'a> {
+        self.meta(state)?;
+        let cf = self.db.cf_handle(state);
+        let iter = cf.map(|cf| self.db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward)));
+        Ok(iter
+            .into_iter()
+            .flatten()
+            .map(|item| item.map_err(anyhow::Error::from))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix))))
     }
 }
 
-fn decode_value(meta: &StateMeta, mut v: &[u8]) -> Result<serde_json::Value> {
+/// One stored entry: `key group ‖ key ‖ namespace [‖ map key]` and the value bytes.
+pub type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// The key group a stored key belongs to.
+pub fn entry_key_group(stored_key: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*stored_key.first()?, *stored_key.get(1)?]))
+}
+
+/// A stored value decoded to JSON (a list state's elements as an array; no TTL header).
+pub fn decode_value(meta: &StateMeta, mut v: &[u8]) -> Result<serde_json::Value> {
     let one = |v: &mut &[u8]| -> Result<serde_json::Value> {
         if meta.ttl.is_some() {
             *v = v.get(8..).ok_or_else(|| anyhow!("value shorter than its TTL header"))?;
@@ -160,8 +176,10 @@ fn decode_value(meta: &StateMeta, mut v: &[u8]) -> Result<serde_json::Value> {
     }
 }
 
-fn decode_entry(meta: &StateMeta, k: &[u8], v: &[u8]) -> Result<serde_json::Value> {
-    let kg = u16::from_be_bytes([k[0], k[1]]);
+/// An entry decoded to JSON without the job's types: `key_group`, `key`, `namespace`, `value`
+/// and, for map state, `map_key`. A TTL's expiry header is not part of the value.
+pub fn decode_entry(meta: &StateMeta, k: &[u8], v: &[u8]) -> Result<serde_json::Value> {
+    let kg = entry_key_group(k).ok_or_else(|| anyhow!("stored key shorter than its key group"))?;
     let mut rest = &k[2..];
     let key = DefaultCodec::decode_json(&mut rest)?;
     let mut parts = Vec::new();

@@ -6,8 +6,8 @@ mod at_least_once;
 mod producer;
 mod publish;
 mod sink;
-mod source;
-mod state;
+pub(crate) mod source;
+pub(crate) mod state;
 mod txn;
 
 pub use args::KafkaArgs;

@@ -167,6 +167,18 @@ struct KafkaState {
     partitions: Vec<PartitionState>,
 }
 
+/// A Kafka source reader's checkpointed state as the inspection tools show it.
+pub(crate) fn position(reader: &serde_json::Value) -> Option<crate::describe::KafkaPosition> {
+    let st: KafkaState = serde_json::from_value(reader.clone()).ok()?;
+    let mut partitions: Vec<_> = st
+        .partitions
+        .into_iter()
+        .map(|p| crate::describe::PartitionPosition { partition: p.partition, next_offset: p.next, stop_offset: p.end })
+        .collect();
+    partitions.sort_by_key(|p| p.partition);
+    Some(crate::describe::KafkaPosition { topic: st.topic, partitions })
+}
+
 /// librdkafka's errors go to the log as with rdkafka's default context, except end-of-partition
 /// events: a bounded read asks for them and handles them (they are not errors).
 struct SourceContext;

@@ -56,6 +56,22 @@ impl SinkSnapshot<Epoch, KafkaSinkMeta> {
     }
 }
 
+/// An exactly-once Kafka sink subtask's checkpointed state as the inspection tools show it.
+pub(crate) fn pending(state: &serde_json::Value) -> Option<crate::describe::SinkPending> {
+    let st: KafkaSinkState = serde_json::from_value(state.clone()).ok()?;
+    let pending = st
+        .pending
+        .iter()
+        .map(|e| crate::describe::PendingEpoch { checkpoint: e.checkpoint, records: e.records.len() })
+        .collect();
+    Some(crate::describe::SinkPending::Kafka {
+        transactional: st.meta.transactional,
+        producer_id: st.meta.producer_id,
+        topic: st.meta.topic,
+        pending,
+    })
+}
+
 impl Transaction for Epoch {
     fn checkpoint(&self) -> u64 {
         self.checkpoint

@@ -182,6 +182,12 @@ impl<T: Serialize> Writer<T> {
     }
 }
 
+/// A file sink subtask's checkpointed state as the inspection tools show it.
+pub(crate) fn pending(state: &serde_json::Value) -> Option<crate::describe::SinkPending> {
+    let st: SinkSnapshot<PendingFile, FileSinkMeta> = serde_json::from_value(state.clone()).ok()?;
+    Some(crate::describe::SinkPending::Files { pending: st.pending.iter().map(PendingFile::describe).collect() })
+}
+
 /// What the sink keeps in a checkpoint beside its pending files.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FileSinkMeta {

@@ -3,7 +3,7 @@
 
 mod collect;
 mod console;
-mod file;
+pub(crate) mod file;
 #[cfg(test)]
 mod file_tests;
 mod parquet;

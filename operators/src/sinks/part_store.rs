@@ -39,6 +39,13 @@ pub struct PendingFile {
     upload: Option<Uploaded>,
 }
 
+impl PendingFile {
+    /// How the inspection tools show it.
+    pub(crate) fn describe(&self) -> crate::describe::PendingPart {
+        crate::describe::PendingPart { checkpoint: self.checkpoint, file: self.visible.clone() }
+    }
+}
+
 impl Transaction for PendingFile {
     fn checkpoint(&self) -> u64 {
         self.checkpoint

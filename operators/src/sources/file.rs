@@ -229,6 +229,24 @@ struct FileReaderState {
     splits: Vec<SplitState>,
 }
 
+/// A file source reader's checkpointed state as the inspection tools show it.
+pub(crate) fn position(reader: &serde_json::Value) -> Option<crate::describe::FilePosition> {
+    let st: FileReaderState = serde_json::from_value(reader.clone()).ok()?;
+    let splits = st
+        .splits
+        .into_iter()
+        .map(|s| crate::describe::SplitPosition {
+            id: s.id,
+            path: s.path.display().to_string(),
+            start: s.start,
+            end: s.end,
+            offset: s.offset,
+            done: s.done,
+        })
+        .collect();
+    Some(crate::describe::FilePosition { splits })
+}
+
 /// The 1-based number of the line that starts at byte `offset` of `path`.
 fn line_number(path: &str, offset: u64) -> Result<u64> {
     use std::io::Read;

@@ -1,7 +1,7 @@
 //! Sources: files, sockets, HTTP ingest, the Nexmark generator and in-memory collections.
 
 mod collection;
-mod file;
+pub(crate) mod file;
 mod http;
 pub mod nexmark;
 mod pace;

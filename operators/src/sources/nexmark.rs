@@ -228,6 +228,11 @@ struct NexmarkState {
     next: u64,
 }
 
+/// The generator's checkpointed state as the inspection tools show it: the next event index.
+pub(crate) fn position(reader: &serde_json::Value) -> Option<u64> {
+    serde_json::from_value::<NexmarkState>(reader.clone()).ok().map(|s| s.next)
+}
+
 struct NexmarkReader {
     cfg: NexmarkConfig,
     subtask: usize,

@@ -114,6 +114,7 @@ impl PendingCheckpoint {
             timestamp: self.barrier.timestamp,
             max_parallelism: layout.max_parallelism,
             operators,
+            duration_ms: Some(self.started.elapsed().as_millis() as u64),
         }
     }
 

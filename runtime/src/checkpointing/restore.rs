@@ -197,6 +197,7 @@ mod tests {
                 keyed: true,
                 subtasks,
             }],
+            duration_ms: None,
         };
         let base = storage.base().to_path_buf();
         Restore { snapshot: LoadedSnapshot { meta, dir: base.join("chk-7"), base } }

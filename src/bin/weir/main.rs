@@ -3,10 +3,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use weir::checkpoint::{inspect, jobs_at, load, local_snapshot, Location};
+use weir::checkpoint::open::snapshot_at;
+use weir::checkpoint::{jobs_at, Location};
+use weir::inspect::bytes;
 use weir::operators::kafka::KafkaSinkState;
 
 mod cluster;
+mod savepoint;
 mod top;
 
 /// Tools for weir checkpoints and savepoints.
@@ -27,7 +30,7 @@ enum Command {
     /// Savepoints (and checkpoints, which read the same way).
     Savepoint {
         #[command(subcommand)]
-        command: SavepointCommand,
+        command: savepoint::SavepointCommand,
     },
     /// A live view of a running job: operators with their rates, busy/backpressured/idle time,
     /// input queue fill and watermark, and the last checkpoints; refreshed every interval.
@@ -92,42 +95,12 @@ enum CheckpointsCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum SavepointCommand {
-    /// Shows operators, key groups, states with entry counts, source offsets, pending sink
-    /// epochs and watermarks of a savepoint or checkpoint directory.
-    Inspect {
-        /// The savepoint (or `chk-N`) directory, or a savepoint's `s3://bucket/prefix`.
-        path: Location,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Prints every entry of one state as JSON lines (key group, key, namespace, value).
-    Dump {
-        /// The savepoint (or `chk-N`) directory, or a savepoint's `s3://bucket/prefix`.
-        path: Location,
-        /// The operator's uid.
-        #[arg(long)]
-        operator: String,
-        /// The state's name.
-        #[arg(long)]
-        state: String,
-    },
-    /// Asks a running job to take a savepoint and prints its path.
-    Trigger {
-        /// The job's control address, e.g. http://127.0.0.1:9249.
-        #[arg(long)]
-        job: String,
-    },
-}
-
 fn list(location: &Location) -> Result<()> {
     let mirror = tempfile::tempdir()?;
     let jobs = jobs_at(location, mirror.path())?;
     println!(
-        "{:<24} {:>8} {:<20} {:>7} {:>12} {:>12}  status",
-        "job", "id", "triggered (UTC)", "files", "bytes", "new bytes"
+        "{:<24} {:>8} {:<20} {:>9} {:>7} {:>11} {:>11}  status",
+        "job", "id", "triggered (UTC)", "duration", "files", "size", "new"
     );
     for (name, storage) in jobs {
         let listed = storage.describe()?;
@@ -136,10 +109,14 @@ fn list(location: &Location) -> Result<()> {
         for c in listed {
             let dash = || "-".to_string();
             let triggered = c.triggered.map_or_else(dash, utc);
-            let (files, bytes) = c.files.map_or_else(|| (dash(), dash()), |(n, b)| (n.to_string(), b.to_string()));
-            let new = c.new_bytes.map_or_else(dash, |b| b.to_string());
+            let (files, size) = c.files.map_or_else(|| (dash(), dash()), |(n, b)| (n.to_string(), bytes(b)));
+            let new = c.new_bytes.map_or_else(dash, bytes);
+            let duration = c.duration_ms.map_or_else(dash, |d| format!("{d} ms"));
             let restore = if Some(c.id) == pick { "  <- --restore latest" } else { "" };
-            println!("{name:<24} {:>8} {triggered:<20} {files:>7} {bytes:>12} {new:>12}  {}{restore}", c.id, c.status);
+            println!(
+                "{name:<24} {:>8} {triggered:<20} {duration:>9} {files:>7} {size:>11} {new:>11}  {}{restore}",
+                c.id, c.status
+            );
         }
     }
     Ok(())
@@ -149,27 +126,6 @@ fn list(location: &Location) -> Result<()> {
 fn utc(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string().trim_end_matches('Z').replace('T', " ")
-}
-
-/// The newest complete checkpoint of the one job at `location`, or the savepoint or `chk-N`
-/// directory `location` names (object-store files are downloaded into `scratch`).
-fn snapshot_at(location: &Location, scratch: &std::path::Path) -> Result<weir::checkpoint::LoadedSnapshot> {
-    let is_job_dir = match location {
-        Location::Local(path) => path.join("shared").is_dir(),
-        Location::S3 { .. } => true,
-    };
-    let mut jobs = if is_job_dir { jobs_at(location, scratch)? } else { Vec::new() };
-    match jobs.len() {
-        0 => load(&local_snapshot(location, scratch)?),
-        1 => {
-            let (_, storage) = jobs.remove(0);
-            storage.latest_valid()?.with_context(|| format!("no complete checkpoint under {location}"))
-        }
-        _ => {
-            let names: Vec<String> = jobs.into_iter().map(|(name, _)| name).collect();
-            bail!("{location} holds the checkpoints of several jobs ({}): name one", names.join(", "))
-        }
-    }
 }
 
 /// Lists (or aborts) the transactional ids recorded in a job's checkpoint.
@@ -238,8 +194,19 @@ fn transactions(brokers: &str, location: &Location, abort: Option<&str>) -> Resu
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, as "what failed: why".
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Kafka { command: KafkaCommand::Transactions { brokers, checkpoint, abort } } => {
             transactions(&brokers, &checkpoint, abort.as_deref())
@@ -247,42 +214,6 @@ fn main() -> Result<()> {
         Command::Checkpoints { command: CheckpointsCommand::List { dir } } => list(&dir),
         Command::Top { job, interval, once } => top::run(&job, interval, once),
         Command::Cluster { command: ClusterCommand::Run(args) } => cluster::run(&args),
-        Command::Savepoint { command: SavepointCommand::Inspect { path, json } } => {
-            let scratch = tempfile::tempdir()?;
-            let snap = load(&local_snapshot(&path, scratch.path())?)?;
-            let report = inspect::inspect(&snap)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", inspect::render(&report));
-            }
-            Ok(())
-        }
-        Command::Savepoint { command: SavepointCommand::Dump { path, operator, state } } => {
-            let scratch = tempfile::tempdir()?;
-            let snap = load(&local_snapshot(&path, scratch.path())?)?;
-            for entry in inspect::dump(&snap, &operator, &state)? {
-                println!("{entry}");
-            }
-            Ok(())
-        }
-        Command::Savepoint { command: SavepointCommand::Trigger { job } } => {
-            let url = format!("{}/savepoints", job.trim_end_matches('/'));
-            let resp = ureq::post(&url).call();
-            match resp {
-                Ok(r) => {
-                    let v: serde_json::Value = r.into_json()?;
-                    match v.get("path").and_then(|p| p.as_str()) {
-                        Some(p) => println!("{p}"),
-                        None => bail!("unexpected answer from {url}: {v}"),
-                    }
-                    Ok(())
-                }
-                Err(ureq::Error::Status(code, r)) => {
-                    bail!("{url} answered {code}: {}", r.into_string().unwrap_or_default())
-                }
-                Err(e) => bail!("could not reach {url}: {e}"),
-            }
-        }
+        Command::Savepoint { command } => savepoint::run(command),
     }
 }
