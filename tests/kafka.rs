@@ -254,6 +254,43 @@ fn wordcount_reads_and_writes_kafka_topics() {
         .collect();
     assert_eq!(got, expected);
     assert_eq!(committed_values(&addr, &output).len(), expected.len(), "one record per word");
+
+    // `weir savepoint inspect --brokers` on the final checkpoint: every partition read to its
+    // end (1,000 records each), then behind by what is produced afterwards.
+    let job = chk.join("wordcount");
+    let inspect = |extra: &[&str]| -> String {
+        let mut args = vec!["savepoint", "inspect", job.to_str().unwrap(), "--brokers", addr.as_str()];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(common::weir_cli()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let partitions = |report: &serde_json::Value| -> Vec<(i64, i64)> {
+        let lines = report["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "lines").unwrap();
+        assert_eq!(lines["source"]["topic"], input.as_str());
+        lines["source"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["next_offset"].as_i64().unwrap(), p["lag"].as_i64().unwrap()))
+            .collect()
+    };
+    let report: serde_json::Value = serde_json::from_str(&inspect(&["--json"])).unwrap();
+    assert_eq!(partitions(&report), vec![(1000, 0), (1000, 0)]);
+    let late = "late words".to_string();
+    for (partition, n) in [(0, 7), (1, 3)] {
+        for _ in 0..n {
+            p.send(BaseRecord::<(), String>::to(&input).partition(partition).payload(&late)).unwrap();
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&inspect(&["--json"])).unwrap();
+    assert_eq!(partitions(&report), vec![(1000, 7), (1000, 3)]);
+    let text = inspect(&[]);
+    assert!(text.contains("0 at 1000 (lag 7), 1 at 1000 (lag 3)") && text.contains("lag         10 records"), "{text}");
+    let sink = report["operators"].as_array().unwrap().iter().find(|o| o["role"] == "sink").unwrap();
+    assert_eq!(sink["sink"]["type"], "kafka", "{sink}");
+    assert_eq!(sink["sink"]["topic"], output.as_str());
 }
 
 #[test]

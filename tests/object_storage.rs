@@ -301,6 +301,32 @@ fn checkpoints_on_s3_restore_at_other_parallelisms() {
         job.child.wait().unwrap();
         assert!(completed() > 0, "a complete checkpoint to restore from");
     }
+    // The tools read checkpoints where they are: the job's newest, one by id, two compared.
+    let mut ids: Vec<u64> = bucket
+        .list("chk/auction_windows/")
+        .iter()
+        .filter_map(|(k, _)| k.strip_suffix("/_metadata")?.rsplit_once("/chk-")?.1.parse().ok())
+        .collect();
+    ids.sort();
+    assert!(ids.len() >= 2, "two retained checkpoints: {ids:?}");
+    let (older, newest) = (ids[ids.len() - 2], ids[ids.len() - 1]);
+    let weir_json = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(common::weir_cli()).args(args).output().unwrap();
+        assert!(out.status.success(), "weir {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let job_url = bucket.url("chk/auction_windows");
+    assert_eq!(weir_json(&["savepoint", "inspect", "--json", &job_url])["checkpoint_id"], newest);
+    let older_url = format!("{job_url}/chk-{older}");
+    let report = weir_json(&["savepoint", "inspect", "--json", &older_url]);
+    assert_eq!(report["checkpoint_id"], older);
+    let windows = report["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "auction-windows").unwrap();
+    assert_eq!(windows["parallelism"], 3);
+    let diff = weir_json(&["savepoint", "diff", "--json", &older_url, &format!("{job_url}/chk-{newest}")]);
+    let bids = diff["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "bids").unwrap();
+    let read = bids["rows"].as_array().unwrap().iter().find(|r| r["what"] == "bytes read").unwrap();
+    assert!(read["change"].as_i64().unwrap() > 0, "the source moved between {older} and {newest}: {read}");
+
     run_ok("auction_windows", &checkpointed(1, "state-c").iter().map(String::as_str).collect::<Vec<_>>());
     bucket.assert_no_open_uploads("out/");
     let local = dir.path().join("out");

@@ -52,7 +52,8 @@ fn bids_read(input: &Path, inspect: &serde_json::Value) -> Vec<(u64, u64, i64)> 
     let source = inspect["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "bids").unwrap();
     let mut splits = Vec::new();
     for sub in source["subtasks"].as_array().unwrap() {
-        for s in sub["operator_state"]["reader"]["splits"].as_array().unwrap() {
+        assert_eq!(sub["source"]["type"], "file");
+        for s in sub["source"]["splits"].as_array().unwrap() {
             splits.push((s["start"].as_u64().unwrap(), s["end"].as_u64().unwrap(), s["offset"].as_u64().unwrap()));
         }
     }
@@ -139,7 +140,13 @@ fn savepoints_restore_at_other_parallelisms_and_the_cli_shows_their_real_state()
         .map(|s| (s["key_groups"][0].as_u64().unwrap(), s["key_groups"][1].as_u64().unwrap()))
         .collect();
     assert_eq!(ranges, vec![(0, 63), (64, 127)]);
-    let wm = windows["subtasks"].as_array().unwrap().iter().map(|s| s["watermark"].as_i64().unwrap()).min().unwrap();
+    let wm = windows["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["watermark"]["millis"].as_i64().unwrap())
+        .min()
+        .unwrap();
     let read = bids_read(&input, &report);
     assert!(!read.is_empty() && read.len() < 160_000, "the savepoint was taken mid-input ({} bids)", read.len());
     let mut open: BTreeMap<(u64, i64), (u64, u64)> = BTreeMap::new();
@@ -172,7 +179,18 @@ fn savepoints_restore_at_other_parallelisms_and_the_cli_shows_their_real_state()
     .collect();
     assert_eq!(dumped, open, "dumped accumulators equal count and max price of the open windows");
     let text = cli(&["savepoint", "inspect", taken.to_str().unwrap()]);
-    assert!(text.contains("operator auction-windows") && text.contains("key groups 64..=127"), "{text}");
+    assert!(text.contains("\nauction-windows (") && text.contains("key groups  0..=63, 64..=127"), "{text}");
+    // The source's summary adds up its splits: what the bids read above come to.
+    let source = report["operators"].as_array().unwrap().iter().find(|o| o["uid"] == "bids").unwrap();
+    let read_bytes: u64 = source["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["source"]["splits"].as_array().unwrap().iter())
+        .map(|s| s["offset"].as_u64().unwrap() - s["start"].as_u64().unwrap())
+        .sum();
+    assert_eq!(source["source"]["bytes_read"].as_u64(), Some(read_bytes), "{}", source["source"]);
+    assert_eq!(source["source"]["bytes_total"].as_u64(), Some(std::fs::metadata(&input).unwrap().len()));
     let listing = cli(&["checkpoints", "list", chk.to_str().unwrap()]);
     assert!(listing.contains("complete"), "{listing}");
     assert_eq!(listing.lines().filter(|l| l.ends_with("<- --restore latest")).count(), 1, "{listing}");

@@ -118,7 +118,14 @@ fn operator(s: &mut String, op: &OperatorInfo, verbose: bool) {
             let _ = writeln!(s, "  generator   next event index per subtask {next:?}");
         }
         Some(SourceSummary::Other) => {
-            let _ = writeln!(s, "  source state of its own format (see --json)");
+            let nothing = op.subtasks.iter().all(|t| {
+                matches!(&t.source, Some(SourcePosition::Other { state }) if state.is_null()) || t.source.is_none()
+            });
+            if nothing {
+                let _ = writeln!(s, "  position    none kept: this source does not replay its input");
+            } else {
+                let _ = writeln!(s, "  position    in a format of the source's own (see --json)");
+            }
         }
         None => {}
     }
