@@ -99,6 +99,11 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 0, requires = "generate")]
     disorder_ms: u64,
 
+    /// Hold every bid this long in a step of its own between the source and the windows: a slow
+    /// operator, to watch backpressure reach the source in the dashboard or `weir top`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    throttle: Option<Duration>,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 
@@ -216,6 +221,16 @@ fn main() -> Result<()> {
         }
     }
     let window_parallelism = cli.window_parallelism.unwrap_or(cli.job.parallelism);
+    let bids = match cli.throttle {
+        Some(pause) => bids
+            .map(move |b: BidIn| {
+                std::thread::sleep(pause);
+                b
+            })
+            .uid("throttle")
+            .start_new_chain(),
+        None => bids,
+    };
     let rows = bids
         .key_by(|b: &BidIn| b.auction)
         .window(TumblingEventTimeWindows::of(cli.window))

@@ -424,35 +424,12 @@ fn copy_dir(from: &Path, to: &Path) {
 fn paths_that_are_not_snapshots_get_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), TEXT).unwrap();
-    wordcount(
-        dir.path(),
-        &[
-            "--input",
-            "in.txt",
-            "--running",
-            "--output",
-            "out",
-            "--checkpoint-dir",
-            "chk",
-            "--checkpoint-interval",
-            "1h",
-        ],
-    );
-    // Run again: it restores checkpoint 1 and ends with checkpoint 2, whose files are its own.
-    wordcount(
-        dir.path(),
-        &[
-            "--input",
-            "in.txt",
-            "--running",
-            "--output",
-            "out",
-            "--checkpoint-dir",
-            "chk",
-            "--checkpoint-interval",
-            "1h",
-        ],
-    );
+    // Twice: the second run restores checkpoint 1 and ends with checkpoint 2, whose files are
+    // its own.
+    for _ in 0..2 {
+        let args = ["--input", "in.txt", "--running", "--output", "out", "--checkpoint-dir", "chk"];
+        wordcount(dir.path(), &[&args[..], &["--checkpoint-interval", "1h"]].concat());
+    }
     let job = dir.path().join("chk/wordcount");
     assert!(job.join("chk-2/_metadata").exists());
     // A copy of checkpoint 1 as 7 with a changed byte in its metadata body, and checkpoint 2

@@ -127,10 +127,17 @@ pub struct JobArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, help_heading = "Checkpoints")]
     pub restart_delay: Duration,
 
-    /// Address of the HTTP control endpoint (/metrics, /job, /checkpoints, POST /savepoints);
-    /// port 0 picks a free port (logged at start).
+    /// Address of the HTTP control endpoint (the dashboard at /, /metrics, /job, /checkpoints,
+    /// /exceptions, POST /savepoints); port 0 picks a free port (logged at start). An address
+    /// other than loopback needs --control-token.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     pub metrics_addr: String,
+
+    /// A secret every request to the control endpoint must carry (`Authorization: Bearer
+    /// <token>`, or `?token=<token>` to open the dashboard in a browser); required to bind it
+    /// anywhere but loopback.
+    #[arg(long, value_name = "TOKEN", env = "WEIR_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
 
     /// Seconds between progress lines in the log (records/s, watermark); 0 turns them off.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
@@ -269,6 +276,7 @@ impl Default for JobArgs {
             channel_capacity: 16,
             progress_interval: Duration::from_secs(5),
             metrics_addr: "127.0.0.1:0".to_string(),
+            control_token: None,
             checkpoint_dir: None,
             checkpoint_interval: None,
             checkpoint_timeout: Duration::from_secs(600),

@@ -15,7 +15,9 @@ use weir_checkpoint::{Chain, CheckpointStorage, Stale};
 use crate::args::JobArgs;
 use crate::attempt::{run_attempt, AttemptEnd, AttemptEnv};
 use crate::checkpointing::restore::{check_restore, initial_restore, Restore};
-use crate::control::{CheckpointInfo, ControlState, JobInfo, OperatorInfo, SavepointRequest};
+use crate::control::{
+    CheckpointInfo, ControlState, EdgeInfo, ExceptionInfo, JobInfo, OperatorInfo, RestoreInfo, SavepointRequest,
+};
 use crate::graph::Graph;
 use crate::metrics::JobMetrics;
 use crate::net::{Mesh, MeshConfig};
@@ -76,6 +78,48 @@ fn remove_stale_state_dirs(tmp: &Path) {
     }
 }
 
+/// What `/job` shows of the plan: operators with their tasks, edges with their partitioning.
+fn job_info(plan: &crate::plan::Plan, job_name: &str) -> JobInfo {
+    let operators = (0..plan.graph.nodes.len())
+        .map(|i| OperatorInfo {
+            uid: plan.uids[i].clone(),
+            name: plan.graph.nodes[i].name.clone(),
+            parallelism: plan.parallelism[i],
+            task: plan.uids[plan.head_of[i]].clone(),
+        })
+        .collect();
+    let edges = plan
+        .graph
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EdgeInfo {
+            from: plan.uids[e.from].clone(),
+            to: plan.uids[e.to].clone(),
+            partition: match plan.partitions[i] {
+                crate::graph::Partition::Forward | crate::graph::Partition::Default => "forward",
+                crate::graph::Partition::Rebalance => "rebalance",
+                crate::graph::Partition::Broadcast => "broadcast",
+                crate::graph::Partition::Hash { .. } => "hash",
+            },
+            chained: plan.chained[i],
+        })
+        .collect();
+    JobInfo { name: job_name.to_string(), operators, edges }
+}
+
+fn restore_info(r: &weir_checkpoint::LoadedSnapshot) -> RestoreInfo {
+    RestoreInfo {
+        time: crate::time::now_millis(),
+        checkpoint_id: r.meta.checkpoint_id,
+        kind: match r.meta.kind {
+            weir_checkpoint::SnapshotKind::Checkpoint => "checkpoint",
+            weir_checkpoint::SnapshotKind::Savepoint => "savepoint",
+        },
+        path: r.dir.display().to_string(),
+    }
+}
+
 pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<JobResult> {
     let started = Instant::now();
     let plan = Arc::new(plan(graph, args)?);
@@ -124,20 +168,17 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
     let (savepoint_tx, savepoint_rx) = unbounded::<SavepointRequest>();
     let control = ControlState {
         metrics: metrics.clone(),
-        job: Arc::new(JobInfo {
-            name: job_name.to_string(),
-            operators: (0..plan.graph.nodes.len())
-                .map(|i| OperatorInfo {
-                    uid: plan.uids[i].clone(),
-                    name: plan.graph.nodes[i].name.clone(),
-                    parallelism: plan.parallelism[i],
-                })
-                .collect(),
-        }),
+        job: Arc::new(job_info(&plan, job_name)),
         checkpoints: Default::default(),
         savepoints: savepoint_tx,
         started: Instant::now(),
+        exceptions: Default::default(),
+        restore: Default::default(),
+        token: args.control_token.as_deref().map(Arc::from),
     };
+    if let Some(r) = &restore {
+        *control.restore.lock() = Some(restore_info(r));
+    }
     let addr = crate::control::start(&args.metrics_addr, control.clone())?;
     tracing::info!("control endpoint on http://{addr}");
     let peers = args.peer_addresses()?;
@@ -177,6 +218,12 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
                 // A stale run stops: restarting it would only make it compete with its successor.
                 let stale = e.chain().any(|c| c.is::<Stale>());
                 let can_restart = storage.is_some() && attempt < args.restart_attempts && mesh.is_none() && !stale;
+                control.exceptions.lock().push(ExceptionInfo {
+                    time: crate::time::now_millis(),
+                    errors: e.chain().map(|c| c.to_string()).collect(),
+                    restarting: can_restart,
+                    attempt: attempt + 1,
+                });
                 if !can_restart {
                     tracing::error!(error = format!("{e:#}"), "job '{job_name}' failed");
                     return Err(e.context(format!("job '{job_name}' failed")));
@@ -197,6 +244,9 @@ pub(crate) fn execute(graph: Graph, args: &JobArgs, job_name: &str) -> Result<Jo
                         // Nothing completed since the start: from the start again, in a new chain.
                         (None, _) => (shared.map(|r| r.snapshot.clone()), Chain::after(st.max_id()?)),
                     };
+                    if let Some(r) = &restore {
+                        *control.restore.lock() = Some(restore_info(r));
+                    }
                 }
             }
         }

@@ -44,6 +44,9 @@ enum Command {
         /// Print one frame and exit (scripts, tests).
         #[arg(long)]
         once: bool,
+        /// The job's --control-token, if it has one.
+        #[arg(long, env = "WEIR_CONTROL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Several processes of one job on this machine (development and tests).
     Cluster {
@@ -212,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             transactions(&brokers, &checkpoint, abort.as_deref())
         }
         Command::Checkpoints { command: CheckpointsCommand::List { dir } } => list(&dir),
-        Command::Top { job, interval, once } => top::run(&job, interval, once),
+        Command::Top { job, interval, once, token } => top::run(&job, interval, once, token.as_deref()),
         Command::Cluster { command: ClusterCommand::Run(args) } => cluster::run(&args),
         Command::Savepoint { command } => savepoint::run(command),
     }

@@ -32,6 +32,9 @@ pub enum SavepointCommand {
         /// The job's control address, e.g. http://127.0.0.1:9249.
         #[arg(long)]
         job: String,
+        /// The job's --control-token, if it has one.
+        #[arg(long, env = "WEIR_CONTROL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -135,7 +138,7 @@ pub fn run(command: SavepointCommand) -> Result<()> {
         SavepointCommand::Inspect(a) => inspect_cmd(a),
         SavepointCommand::Dump(a) => dump_cmd(a),
         SavepointCommand::Diff(a) => diff_cmd(a),
-        SavepointCommand::Trigger { job } => trigger(&job),
+        SavepointCommand::Trigger { job, token } => trigger(&job, token.as_deref()),
     }
 }
 
@@ -216,9 +219,13 @@ fn diff_cmd(a: DiffArgs) -> Result<()> {
     out_ok(std::io::stdout().lock().write_all(text.as_bytes()))
 }
 
-fn trigger(job: &str) -> Result<()> {
+fn trigger(job: &str, token: Option<&str>) -> Result<()> {
     let url = format!("{}/savepoints", job.trim_end_matches('/'));
-    match ureq::post(&url).call() {
+    let mut req = ureq::post(&url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
         Ok(r) => {
             let v: serde_json::Value = r.into_json().with_context(|| format!("reading the answer of {url}"))?;
             match v.get("path").and_then(|p| p.as_str()) {

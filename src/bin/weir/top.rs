@@ -7,9 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-fn get(agent: &ureq::Agent, base: &str, path: &str) -> Result<Value> {
+fn get(agent: &ureq::Agent, base: &str, path: &str, token: Option<&str>) -> Result<Value> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let r = agent.get(&url).call().with_context(|| format!("could not reach {url}"))?;
+    let mut req = agent.get(&url);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let r = req.call().with_context(|| format!("could not reach {url}"))?;
     r.into_json().with_context(|| format!("{url} did not answer JSON"))
 }
 
@@ -114,10 +118,10 @@ pub(crate) fn frame(job: &Value, checkpoints: &Value, now: i64) -> String {
 }
 
 /// Draws the view every `interval` until interrupted; with `once`, prints one frame and returns.
-pub(crate) fn run(job: &str, interval: Duration, once: bool) -> Result<()> {
+pub(crate) fn run(job: &str, interval: Duration, once: bool, token: Option<&str>) -> Result<()> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
     loop {
-        let view = get(&agent, job, "/job").and_then(|j| Ok((j, get(&agent, job, "/checkpoints")?)));
+        let view = get(&agent, job, "/job", token).and_then(|j| Ok((j, get(&agent, job, "/checkpoints", token)?)));
         match view {
             Ok((j, c)) => {
                 let text = frame(&j, &c, now_ms());
