@@ -319,3 +319,69 @@ fn off_loopback_the_control_endpoint_needs_its_token() {
     job.child.kill().unwrap();
     job.child.wait().unwrap();
 }
+
+#[test]
+fn failures_restarts_and_the_restore_show_on_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    common::write_bids(&input, 40_000, 500, 5);
+    // A line no bid parses from, at the end: the job fails there after some checkpoints, and
+    // again after every restart from the latest of them.
+    std::fs::OpenOptions::new().append(true).open(&input).unwrap().write_all(b"{not json\n").unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let mut job = common::spawn(
+        "auction_windows",
+        &[
+            "--input",
+            &p(&input),
+            "--rate",
+            "20000",
+            "--output",
+            &p(&dir.path().join("out")),
+            "--checkpoint-dir",
+            &p(&dir.path().join("chk")),
+            "--checkpoint-interval",
+            "200ms",
+            "--restart-attempts",
+            "4",
+            "--restart-delay",
+            "3s",
+            "--metrics-addr",
+            &addr,
+        ]
+        .map(String::from),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (exceptions, restored) = loop {
+        assert!(job.child.try_wait().unwrap().is_none(), "the job ended:\n{}", job.log());
+        assert!(Instant::now() < deadline, "no restart within 60 s:\n{}", job.log());
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            let (e, j) = (json(&addr, "/exceptions"), json(&addr, "/job"));
+            if !e.as_array().unwrap().is_empty() && !j["restored_from"].is_null() {
+                break (e, j["restored_from"].clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first = &exceptions[0];
+    assert_eq!(first["restarting"], true);
+    assert_eq!(first["attempt"], 1);
+    let errors: Vec<&str> = first["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(errors.len() >= 2 && errors.iter().any(|e| e.contains("bids.jsonl")), "an error chain: {errors:?}");
+
+    let seen = drive(&format!("http://{addr}/"), &screenshots("failures"), &[]);
+    let page = &seen["page"];
+    let shown_exceptions = page["exceptions"].as_str().unwrap();
+    assert!(shown_exceptions.contains("restarting (attempt 1)"), "{shown_exceptions}");
+    for e in &errors {
+        assert!(shown_exceptions.contains(e), "the page shows {e:?}: {shown_exceptions}");
+    }
+    let restore = page["restore"].as_str().unwrap();
+    let id = restored["checkpoint_id"].as_u64().unwrap();
+    assert!(restore.starts_with(&format!("Restored from checkpoint {id} (")), "{restore}");
+    assert!(restore.contains(restored["path"].as_str().unwrap()), "{restore}");
+    job.child.kill().unwrap();
+    job.child.wait().unwrap();
+}
