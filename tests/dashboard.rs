@@ -385,3 +385,58 @@ fn failures_restarts_and_the_restore_show_on_the_dashboard() {
     job.child.kill().unwrap();
     job.child.wait().unwrap();
 }
+
+#[test]
+fn the_coordinator_shows_the_whole_job_of_several_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |x: &str| dir.path().join(x).to_str().unwrap().to_string();
+    let args: Vec<String> = [
+        "--generate",
+        "100000000",
+        "--rate",
+        "20000",
+        "-p",
+        "2",
+        "--output",
+        &p("out"),
+        "--checkpoint-dir",
+        &p("chk"),
+        "--checkpoint-interval",
+        "500ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    // Two processes: subtask 1 of every operator runs in process 1.
+    let mut cluster = common::cluster::Cluster::start(2, &args, &dir.path().join("run"), &[], None);
+    let addr = cluster.control[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no checkpoint of the two processes within 60 s:\n{}", cluster.logs());
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            let c = json(&addr, "/checkpoints");
+            if c.as_array().unwrap().iter().filter(|c| c["status"] == "completed").count() >= 2 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = drive(&format!("http://{addr}/"), &screenshots("two-processes"), &["--select", "auction-windows"]);
+    let page = &seen["page"];
+    let rows = page["detail"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "both subtasks, one in each process: {}", page["detail"]);
+    let subtasks = op(&seen["job"], "auction-windows")["subtasks"].as_array().unwrap();
+    for (row, sub) in rows.iter().zip(subtasks) {
+        let records = shown(row[1].as_str().unwrap());
+        assert_eq!(records, sub["records_in"].as_f64().unwrap());
+        assert!(records > 0.0, "subtask {} reports from its process: {row}", sub["subtask"]);
+    }
+    let table = page["checkpoints"].as_array().unwrap();
+    assert!(table.len() >= 2, "process 0 shows the job's checkpoints: {table:?}");
+    let parts = page["checkpoint_detail"]["rows"].as_array().unwrap();
+    assert!(
+        parts.iter().any(|r| r[0] == "auction-windows" && r[1] == "1"),
+        "a checkpoint's parts include process 1's subtasks: {parts:?}"
+    );
+    // Killing the coordinator stops the other process too (fail-stop).
+    cluster.kill_one(0);
+}
