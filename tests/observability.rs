@@ -248,3 +248,71 @@ fn backpressure_and_busy_time_show_where_the_bottleneck_is() {
     assert_eq!(out.take().len(), 40_000);
     assert_eq!(result.counter("slow.records_in"), 40_000);
 }
+
+/// Readings stamped with the wall clock when posted: the archive sink's commit latency
+/// histogram counts each once, between 0 and the time its request took to be acknowledged
+/// (acknowledged means committed by a completed checkpoint).
+#[test]
+fn commit_latency_runs_from_event_time_to_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut child = Command::new(example("http_ingest"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--archive", dir.path().join("archive").to_str().unwrap()])
+        .args(["--checkpoint-dir", dir.path().join("chk").to_str().unwrap()])
+        .args(["--checkpoint-interval", "300ms", "--metrics-addr", &metrics_addr])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&format!("127.0.0.1:{port}"));
+    wait_for(&metrics_addr);
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let (mut posted, mut slowest) = (0u64, Duration::ZERO);
+    for batch in 0..20 {
+        let sent = Instant::now();
+        let now = weir::runtime::now_millis();
+        let readings: Vec<_> = (0..5)
+            .map(|i| serde_json::json!({"stationId": format!("ST-{i}"), "parkingBikeTotCnt": batch, "event_time": now}))
+            .collect();
+        let r = agent
+            .post(&format!("http://127.0.0.1:{port}/events"))
+            .send_string(&serde_json::Value::Array(readings).to_string())
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        slowest = slowest.max(sent.elapsed());
+        posted += 5;
+        std::thread::sleep(Duration::from_millis(37));
+    }
+    // The sinks commit on their own threads as the source acknowledges: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = get(&metrics_addr, "/metrics");
+        let count = prom_sum(&m, "weir_commit_latency_ms_count", &[("operator", "archive")]).unwrap_or(0.0);
+        if count as u64 >= posted || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let archive = [("operator", "archive")];
+    assert_eq!(prom_sum(&metrics, "weir_commit_latency_ms_count", &archive), Some(posted as f64), "{metrics}");
+    assert!(metrics.contains("# TYPE weir_commit_latency_ms histogram"), "{metrics}");
+    let bucket =
+        |le: &str| prom_sum(&metrics, "weir_commit_latency_ms_bucket", &[("operator", "archive"), ("le", le)]).unwrap();
+    assert_eq!(bucket("+Inf"), posted as f64);
+    // Every record within the slowest acknowledgement (plus the moment the sink commits after
+    // the source acknowledged, and one 5 % bucket of rounding), in the first bucket above it.
+    let bound = weir::runtime::LATENCY_BUCKETS_MS
+        .iter()
+        .find(|b| **b as f64 >= (slowest.as_millis() as f64 + 50.0) * 1.05)
+        .unwrap();
+    assert_eq!(bucket(&bound.to_string()), posted as f64, "slowest acknowledgement {slowest:?}:\n{metrics}");
+    // Acknowledged after a checkpoint: none committed within 5 ms of being posted.
+    assert_eq!(bucket("5"), 0.0, "{metrics}");
+    let mean = prom_sum(&metrics, "weir_commit_latency_ms_sum", &archive).unwrap() / posted as f64;
+    assert!(mean > 5.0 && mean <= slowest.as_millis() as f64 * 1.05 + 50.0, "mean {mean} ms, slowest ack {slowest:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

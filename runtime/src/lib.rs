@@ -48,8 +48,8 @@ pub use error::Cancelled;
 pub use exec::JobResult;
 pub use metrics::JobMetrics;
 pub use operator::{
-    AsyncSnapshotPart, CoOperator, Collector, Counter, FiredTimer, KeyedCoOperator, KeyedContext, KeyedOperator,
-    Operator, OperatorContext, OutputTag, SideOutputs, TaskInfo,
+    AsyncSnapshotPart, CoOperator, Collector, Counter, FiredTimer, Histogram, KeyedCoOperator, KeyedContext,
+    KeyedOperator, Operator, OperatorContext, OutputTag, SideOutputs, TaskInfo, LATENCY_BUCKETS_MS,
 };
 pub use source::{Source, SourceOutput, SourcePoll, SourceReader};
 pub use source_task::source_snapshot;

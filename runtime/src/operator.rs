@@ -9,7 +9,9 @@ use anyhow::Result;
 
 pub use crate::collector::{Collector, OutputTag, SideOutputs};
 use crate::element::{Data, Record};
-pub use crate::operator_context::{AsyncSnapshotPart, Counter, FiredTimer, KeyedContext, OperatorContext, TaskInfo};
+pub use crate::operator_context::{
+    AsyncSnapshotPart, Counter, FiredTimer, Histogram, KeyedContext, OperatorContext, TaskInfo, LATENCY_BUCKETS_MS,
+};
 
 /// A one-input operator without keyed state (map, filter, sinks, ...).
 pub trait Operator: 'static {

@@ -100,6 +100,42 @@ impl OperatorContext {
     pub fn counter(&self, name: &str) -> Counter {
         Counter(self.metrics.counter(name))
     }
+
+    /// A histogram of milliseconds with the buckets of [`LATENCY_BUCKETS_MS`], shown in
+    /// `/metrics` as the Prometheus histogram `weir_<name>` (`_bucket{le}`, `_sum`, `_count`).
+    /// Its buckets are counters (`<name>.bucket.<le>`), so they add up over subtasks and
+    /// processes like every counter.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        let mut buckets: Vec<(u64, Counter)> =
+            LATENCY_BUCKETS_MS.iter().map(|b| (*b, self.counter(&format!("{name}.bucket.{b}")))).collect();
+        buckets.push((u64::MAX, self.counter(&format!("{name}.bucket.+Inf"))));
+        Histogram { buckets, sum: self.counter(&format!("{name}.sum")), count: self.counter(&format!("{name}.count")) }
+    }
+}
+
+/// Upper bounds (ms, inclusive) of a [`Histogram`]'s buckets, from 5 ms to 10 minutes; larger
+/// values go to `+Inf`.
+pub const LATENCY_BUCKETS_MS: [u64; 16] =
+    [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000];
+
+/// A distribution of milliseconds (latencies), as [`OperatorContext::histogram`] makes it.
+#[derive(Clone)]
+pub struct Histogram {
+    /// Per bucket (not cumulative): its upper bound and count; the last one is `+Inf`.
+    buckets: Vec<(u64, Counter)>,
+    sum: Counter,
+    count: Counter,
+}
+
+impl Histogram {
+    /// Records `n` observations of `ms`.
+    pub fn observe(&self, ms: u64, n: u64) {
+        if let Some((_, c)) = self.buckets.iter().find(|(bound, _)| ms <= *bound) {
+            c.add(n);
+        }
+        self.sum.add(ms.saturating_mul(n));
+        self.count.add(n);
+    }
 }
 
 /// A monotonically increasing metric.

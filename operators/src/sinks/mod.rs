@@ -6,6 +6,7 @@ mod console;
 pub(crate) mod file;
 #[cfg(test)]
 mod file_tests;
+mod latency;
 mod parquet;
 mod part_store;
 mod print;

@@ -14,13 +14,18 @@
 //!   (old subtask `s` goes to new subtask `s % parallelism`), which finishes its pending
 //!   transactions: they belong to checkpoints that completed, but their commit may not have run.
 //!
+//! It also measures what the sink is for: the time from a record's event time to the commit
+//! that makes it visible, in the histogram `commit_latency_ms` of `/metrics` (`latency.rs`).
+//!
 //! The snapshot is JSON: `{"subtask": s, "pending": [...], ...meta}`.
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use weir_runtime::fault::crash_point;
-use weir_runtime::{AsyncSnapshotPart, Collector, Data, Operator, OperatorContext, Record};
+use weir_runtime::{now_millis, AsyncSnapshotPart, Collector, Data, Histogram, Operator, OperatorContext, Record};
+
+use super::latency::CommitLatency;
 
 /// How often buffered output is flushed when no watermark comes.
 const FLUSH_EVERY_MS: i64 = 1000;
@@ -99,12 +104,20 @@ pub struct TwoPhaseCommitOperator<S: TwoPhaseCommitSink> {
     sink: S,
     subtask: usize,
     pending: Vec<S::Txn>,
+    latency: CommitLatency,
+    histogram: Option<Histogram>,
 }
 
 impl<S: TwoPhaseCommitSink> TwoPhaseCommitOperator<S> {
     /// Runs `sink` as subtask `subtask`.
     pub fn new(sink: S, subtask: usize) -> Self {
-        TwoPhaseCommitOperator { sink, subtask, pending: Vec::new() }
+        TwoPhaseCommitOperator {
+            sink,
+            subtask,
+            pending: Vec::new(),
+            latency: CommitLatency::default(),
+            histogram: None,
+        }
     }
 }
 
@@ -125,12 +138,16 @@ impl<S: TwoPhaseCommitSink> Operator for TwoPhaseCommitOperator<S> {
     }
 
     fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.histogram = Some(ctx.histogram("commit_latency_ms"));
         self.sink.open(ctx)?;
         ctx.request_processing_time(ctx.processing_time().saturating_add(FLUSH_EVERY_MS));
         Ok(())
     }
 
     fn process(&mut self, r: Record<S::In>, ctx: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
+        if let Some(ts) = r.ts {
+            self.latency.written(ts, now_millis());
+        }
         self.sink.write(r.value, ctx)
     }
 
@@ -149,6 +166,7 @@ impl<S: TwoPhaseCommitSink> Operator for TwoPhaseCommitOperator<S> {
 
     fn snapshot_state(&mut self, checkpoint_id: u64, ctx: &mut OperatorContext) -> Result<Option<Vec<u8>>> {
         let txns = self.sink.pre_commit(checkpoint_id, &self.pending)?;
+        self.latency.barrier(checkpoint_id);
         if let Some(part) = self.sink.pre_commit_async() {
             ctx.snapshot_async(part);
         }
@@ -172,6 +190,9 @@ impl<S: TwoPhaseCommitSink> Operator for TwoPhaseCommitOperator<S> {
             if i == 0 {
                 crash_point("mid-sink-commit", checkpoint_id);
             }
+        }
+        if let Some(h) = &self.histogram {
+            self.latency.committed(checkpoint_id, now_millis(), &mut |ms, n| h.observe(ms, n));
         }
         self.sink.after_commit(&ready, &self.pending)
     }

@@ -13,20 +13,71 @@ fn metric_name(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
 
+/// One histogram series: buckets by upper bound (`u64::MAX` for `+Inf`), not cumulative.
+#[derive(Default)]
+struct Series {
+    buckets: std::collections::BTreeMap<u64, u64>,
+    sum: u64,
+    count: u64,
+}
+
+type Histograms = std::collections::BTreeMap<String, std::collections::BTreeMap<(String, usize), Series>>;
+
+/// Splits the counters that make up histograms (`<name>.bucket.<le>`, `<name>.sum`,
+/// `<name>.count`, see `OperatorContext::histogram`) from the others.
+fn histograms(counters: &[(crate::metrics::CounterKey, u64)]) -> (Histograms, Vec<(crate::metrics::CounterKey, u64)>) {
+    let bases: std::collections::BTreeSet<&str> =
+        counters.iter().filter_map(|((_, _, n), _)| n.split_once(".bucket.").map(|(b, _)| b)).collect();
+    let mut hist = Histograms::new();
+    let mut rest = Vec::new();
+    for ((uid, subtask, name), v) in counters {
+        let (base, part) = name.rsplit_once('.').map_or((name.as_str(), ""), |(b, p)| (b, p));
+        if let Some((b, le)) = name.split_once(".bucket.") {
+            let le = if le == "+Inf" { u64::MAX } else { le.parse().unwrap_or(u64::MAX) };
+            let s = hist.entry(metric_name(b)).or_default().entry((uid.clone(), *subtask)).or_default();
+            *s.buckets.entry(le).or_default() += v;
+        } else if bases.contains(base) && (part == "sum" || part == "count") {
+            let s = hist.entry(metric_name(base)).or_default().entry((uid.clone(), *subtask)).or_default();
+            if part == "sum" {
+                s.sum += v;
+            } else {
+                s.count += v;
+            }
+        } else {
+            rest.push(((uid.clone(), *subtask, name.clone()), *v));
+        }
+    }
+    (hist, rest)
+}
+
 pub(super) fn prometheus(s: &ControlState) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     // Counters per operator subtask, grouped by name as the format requires.
     // The whole job: with several processes, process 0 shows what the others reported too.
     let view = s.metrics.job_view();
+    let (histograms, counters) = histograms(&view.counters);
     let mut by_name: std::collections::BTreeMap<String, Vec<(String, usize, u64)>> = Default::default();
-    for ((uid, subtask, name), v) in view.counters.iter().cloned() {
+    for ((uid, subtask, name), v) in counters {
         by_name.entry(metric_name(&name)).or_default().push((uid, subtask, v));
     }
     for (name, rows) in by_name {
         let _ = writeln!(out, "# TYPE weir_{name}_total counter");
         for (uid, subtask, v) in rows {
             let _ = writeln!(out, "weir_{name}_total{{operator=\"{}\",subtask=\"{subtask}\"}} {v}", label(&uid));
+        }
+    }
+    for (name, series) in histograms {
+        let _ = writeln!(out, "# TYPE weir_{name} histogram");
+        for ((uid, subtask), h) in series {
+            let labels = format!("operator=\"{}\",subtask=\"{subtask}\"", label(&uid));
+            let mut below = 0;
+            for (le, n) in &h.buckets {
+                below += n;
+                let le = if *le == u64::MAX { "+Inf".to_string() } else { le.to_string() };
+                let _ = writeln!(out, "weir_{name}_bucket{{{labels},le=\"{le}\"}} {below}");
+            }
+            let _ = writeln!(out, "weir_{name}_sum{{{labels}}} {}\nweir_{name}_count{{{labels}}} {}", h.sum, h.count);
         }
     }
     type Gauge = (&'static str, &'static str, fn(&SubtaskSample) -> Option<f64>);
