@@ -99,6 +99,12 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 0, requires = "generate")]
     disorder_ms: u64,
 
+    /// With --generate and --rate: event time follows the wall clock (the first bid is stamped
+    /// now, each next one as much later as the rate spaces them), as for a live feed; latency
+    /// from event time to committed output is then meaningful (`weir_commit_latency_ms`).
+    #[arg(long, requires_all = ["generate", "rate"])]
+    live: bool,
+
     /// Hold every bid this long in a step of its own between the source and the windows: a slow
     /// operator, to watch backpressure reach the source in the dashboard or `weir top`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -196,6 +202,15 @@ fn main() -> Result<()> {
                 rate: cli.rate,
                 max_out_of_order_ms: cli.disorder_ms,
                 ..NexmarkConfig::default()
+            };
+            // 46 events in 50 are bids: at `rate` bids/s, events are 50/46/rate s apart.
+            let cfg = match (cli.live, cli.rate) {
+                (true, Some(rate)) => NexmarkConfig {
+                    base_time: weir::runtime::now_millis(),
+                    event_step_us: (46_000_000 / (50 * rate.max(1))).max(1),
+                    ..cfg
+                },
+                _ => cfg,
             };
             let strategy = WatermarkStrategy::for_bounded_out_of_orderness(delay)
                 .with_timestamp_assigner(|e: &Event| e.date_time());

@@ -56,6 +56,13 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     process_bids: u64,
 
+    /// Bids/s of the end-to-end latency table (live event time, files, parallelism 2; pick
+    /// half the generator's bids/s at parallelism 2 from the first table); 0 skips it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    latency_rate: u64,
+    /// Seconds each latency run is measured (after a 5 s warm-up).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    latency_secs: u64,
     /// An `auction_windows` binary of another build (say, before a change): the checkpoint
     /// comparison runs it too, interleaved with this build's runs, as rows marked "before".
     #[arg(long, value_name = "PATH")]
@@ -161,6 +168,9 @@ fn main() -> Result<()> {
     }
     if cli.restore_mib > 0 {
         restore_table(&cli, &exe.with_file_name("keyed_state"), &dir)?;
+    }
+    if cli.latency_rate > 0 {
+        latency_table(&cli, &job, &dir)?;
     }
     Ok(())
 }
@@ -278,6 +288,34 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             percentile(sync[k].clone(), 0.99),
             percentile(s, 0.5),
             percentile(i, 0.5),
+        );
+    }
+    Ok(())
+}
+
+/// Event time → committed file rows (the sink's `weir_commit_latency_ms`), live, by checkpoint
+/// interval; medians over runs, the intervals alternating run by run.
+fn latency_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
+    let intervals = ["1s", "10s"];
+    let mut got: Vec<Vec<measure::latency::Latency>> = intervals.iter().map(|_| Vec::new()).collect();
+    for r in 0..cli.runs {
+        for (k, interval) in intervals.iter().enumerate() {
+            let run_dir = dir.join(format!("latency-{k}-{r}"));
+            eprintln!("latency run {r}: checkpoints every {interval}, {} bids/s", cli.latency_rate);
+            got[k].push(measure::latency::run(job, &run_dir, cli.latency_rate, cli.latency_secs, interval)?);
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+    }
+    println!("\n| sink | checkpoints | bids/s | rows per run | p50 ms | p99 ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (k, interval) in intervals.iter().enumerate() {
+        let runs = &got[k];
+        println!(
+            "| files | every {interval} | {} | {:.0} | {:.0} | {:.0} |",
+            cli.latency_rate,
+            median(runs.iter().map(|l| l.rows).collect()),
+            median(runs.iter().map(|l| l.p50_ms).collect()),
+            median(runs.iter().map(|l| l.p99_ms).collect()),
         );
     }
     Ok(())

@@ -113,10 +113,13 @@ impl OperatorContext {
     }
 }
 
-/// Upper bounds (ms, inclusive) of a [`Histogram`]'s buckets, from 5 ms to 10 minutes; larger
-/// values go to `+Inf`.
-pub const LATENCY_BUCKETS_MS: [u64; 16] =
-    [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000];
+/// Upper bounds (ms, inclusive) of a [`Histogram`]'s buckets, from 5 ms to 10 minutes, close
+/// enough around a second (checkpoint intervals) to read percentiles off; larger values go to
+/// `+Inf`.
+pub const LATENCY_BUCKETS_MS: [u64; 28] = [
+    5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 800, 1_000, 1_200, 1_400, 1_700, 2_000, 2_500, 3_000, 4_000,
+    5_000, 7_500, 10_000, 20_000, 30_000, 60_000, 120_000, 600_000,
+];
 
 /// A distribution of milliseconds (latencies), as [`OperatorContext::histogram`] makes it.
 #[derive(Clone)]
