@@ -7,10 +7,26 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A loopback address with a port free right now, for a child's `--metrics-addr`.
+/// A loopback address with a port free right now, for a child's `--metrics-addr` or
+/// `--peers`: below Linux's ephemeral range (32768–60999), so that no other process's `:0`
+/// bind or outgoing connection takes it before the child binds it; in turn from a random start.
 pub fn free_local_addr() -> std::io::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let seed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+        let _ = NEXT.compare_exchange(u32::MAX, seed % SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(format!("127.0.0.1:{port}"));
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no free port below the ephemeral range"))
 }
 
 /// One completed checkpoint as `/checkpoints` reports it.

@@ -4,6 +4,11 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+// The benchmarks' helpers for a job's control endpoint; tests/memory.rs also loads them, as
+// part of the whole measure module.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../examples/measure/control.rs"]
+mod control;
 pub mod kafka;
 pub mod s3;
 
@@ -31,9 +36,11 @@ pub fn weir_cli() -> PathBuf {
     path
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port (bound, then released), below Linux's ephemeral range: see
+/// `free_local_addr` in the benchmarks' `measure/control.rs`, which this shares.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let addr = control::free_local_addr().expect("a free port");
+    addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("host:port")
 }
 
 /// Writes `n` Nexmark-shaped bids as JSON lines: event time advancing 20 ms per bid with up to
