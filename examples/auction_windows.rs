@@ -207,7 +207,7 @@ fn main() -> Result<()> {
             let cfg = match (cli.live, cli.rate) {
                 (true, Some(rate)) => NexmarkConfig {
                     base_time: weir::runtime::now_millis(),
-                    event_step_us: (46_000_000 / (50 * rate.max(1))).max(1),
+                    event_step_ns: (46_000_000_000 / (50 * rate.max(1))).max(1),
                     ..cfg
                 },
                 _ => cfg,

@@ -113,12 +113,13 @@ impl OperatorContext {
     }
 }
 
-/// Upper bounds (ms, inclusive) of a [`Histogram`]'s buckets, from 5 ms to 10 minutes, close
-/// enough around a second (checkpoint intervals) to read percentiles off; larger values go to
-/// `+Inf`.
-pub const LATENCY_BUCKETS_MS: [u64; 28] = [
-    5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 800, 1_000, 1_200, 1_400, 1_700, 2_000, 2_500, 3_000, 4_000,
-    5_000, 7_500, 10_000, 20_000, 30_000, 60_000, 120_000, 600_000,
+/// Upper bounds (ms, inclusive) of a [`Histogram`]'s buckets, from 5 ms to 10 minutes, at most
+/// 10 % apart above 1 s and 100 ms apart below it (checkpoint intervals of a second and of ten
+/// are common: percentiles are read off within a bucket); larger values go to `+Inf`.
+pub const LATENCY_BUCKETS_MS: [u64; 45] = [
+    5, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1_000, 1_100, 1_200, 1_300, 1_400, 1_500, 1_650, 1_800,
+    2_000, 2_200, 2_400, 2_700, 3_000, 3_300, 3_600, 4_000, 4_400, 4_800, 5_300, 5_800, 6_400, 7_000, 7_700, 8_500,
+    9_300, 10_000, 11_000, 12_000, 15_000, 30_000, 60_000, 600_000,
 ];
 
 /// A distribution of milliseconds (latencies), as [`OperatorContext::histogram`] makes it.

@@ -101,8 +101,8 @@ pub struct NexmarkConfig {
     pub rate: Option<u64>,
     /// Event time of the first event (epoch ms).
     pub base_time: i64,
-    /// Event-time step between consecutive events, in microseconds.
-    pub event_step_us: u64,
+    /// Event-time step between consecutive events, in nanoseconds (fine enough for live event time at millions of events per second).
+    pub event_step_ns: u64,
     /// Largest random amount (ms) an event's time is moved back, making the stream out of order.
     pub max_out_of_order_ms: u64,
 }
@@ -115,7 +115,7 @@ impl Default for NexmarkConfig {
             bids_only: false,
             rate: None,
             base_time: 1_767_225_600_000, // 2026-01-01T00:00:00Z
-            event_step_us: 100,
+            event_step_ns: 100_000,
             max_out_of_order_ms: 0,
         }
     }
@@ -124,7 +124,7 @@ impl Default for NexmarkConfig {
 /// Generates event number `n`.
 pub fn generate_event(cfg: &NexmarkConfig, n: u64) -> Event {
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut ts = cfg.base_time + (n * cfg.event_step_us / 1000) as i64;
+    let mut ts = cfg.base_time + (n.saturating_mul(cfg.event_step_ns) / 1_000_000) as i64;
     if cfg.max_out_of_order_ms > 0 {
         ts -= rng.gen_range(0..=cfg.max_out_of_order_ms) as i64;
     }
