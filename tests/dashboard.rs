@@ -54,6 +54,15 @@ fn drive(url: &str, shots: &Path, extra: &[&str]) -> Value {
     v
 }
 
+/// `auction_windows` on 20,000 generated bids/s at parallelism 2 into `dir/out`, checkpoints
+/// every 500 ms in `dir/chk`, and `extra`.
+fn generated(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let p = |x: &str| dir.join(x).to_str().unwrap().to_string();
+    let (out, chk) = (p("out"), p("chk"));
+    let args = ["--generate", "100000000", "--rate", "20000", "-p", "2", "--output", &out, "--checkpoint-dir", &chk];
+    [&args[..], &["--checkpoint-interval", "500ms"], extra].concat().iter().map(|s| s.to_string()).collect()
+}
+
 fn op<'a>(job: &'a Value, uid: &str) -> &'a Value {
     job["operators"].as_array().unwrap().iter().find(|o| o["uid"] == uid).unwrap_or_else(|| panic!("{uid} in {job}"))
 }
@@ -68,33 +77,11 @@ fn the_dashboard_shows_a_running_job_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let p = |x: &str| dir.path().join(x).to_str().unwrap().to_string();
     // The throttle step holds each bid 200 µs: at most ~5,000 bids/s per subtask, so the
-    // source (offering 40,000/s) waits on it and the windows after it idle.
-    let mut job = common::spawn(
-        "auction_windows",
-        &[
-            "--generate",
-            "100000000",
-            "--rate",
-            "20000",
-            "--throttle",
-            "200us",
-            "-p",
-            "2",
-            "--output",
-            &p("out"),
-            "--checkpoint-dir",
-            &p("chk"),
-            "--checkpoint-interval",
-            "500ms",
-            "--savepoint-dir",
-            &p("sp"),
-            "--metrics-addr",
-            &addr,
-        ]
-        .map(String::from),
-    );
+    // source (offering 10,000/s per subtask) waits on it and the windows after it idle.
+    let sp = dir.path().join("sp");
+    let extra = ["--throttle", "200us", "--savepoint-dir", sp.to_str().unwrap(), "--metrics-addr", &addr];
+    let mut job = common::spawn("auction_windows", &generated(dir.path(), &extra));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(job.child.try_wait().unwrap().is_none(), "the job ended:\n{}", job.log());
@@ -248,19 +235,9 @@ fn outward_ip() -> std::net::IpAddr {
 #[test]
 fn off_loopback_the_control_endpoint_needs_its_token() {
     let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("sp");
     let args = |addr: &str, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["--generate", "100000000", "--rate", "2000", "--metrics-addr", addr]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        a.extend(["--checkpoint-dir", dir.path().join("chk").to_str().unwrap()].map(String::from));
-        a.extend(["--output", dir.path().join("out").to_str().unwrap()].map(String::from));
-        a.extend(
-            ["--checkpoint-interval", "1s", "--savepoint-dir", dir.path().join("sp").to_str().unwrap()]
-                .map(String::from),
-        );
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
+        generated(dir.path(), &[&["--metrics-addr", addr, "--savepoint-dir", sp.to_str().unwrap()], extra].concat())
     };
     // Without a token it does not bind anywhere but loopback.
     let out =
@@ -389,23 +366,7 @@ fn failures_restarts_and_the_restore_show_on_the_dashboard() {
 #[test]
 fn the_coordinator_shows_the_whole_job_of_several_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let p = |x: &str| dir.path().join(x).to_str().unwrap().to_string();
-    let args: Vec<String> = [
-        "--generate",
-        "100000000",
-        "--rate",
-        "20000",
-        "-p",
-        "2",
-        "--output",
-        &p("out"),
-        "--checkpoint-dir",
-        &p("chk"),
-        "--checkpoint-interval",
-        "500ms",
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = generated(dir.path(), &[]);
     // Two processes: subtask 1 of every operator runs in process 1.
     let mut cluster = common::cluster::Cluster::start(2, &args, &dir.path().join("run"), &[], None);
     let addr = cluster.control[0].clone();

@@ -38,6 +38,13 @@ fn wordcount(cwd: &Path, args: &[&str]) {
     assert!(out.status.success(), "wordcount {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// wordcount over `in.txt` in `cwd` with running counts, at parallelism `p`, into `output`, with
+/// only the final checkpoint in `chk` (the interval never elapses).
+fn running_wordcount(cwd: &Path, p: &str, output: &str, chk: &str) {
+    let args = ["--input", "in.txt", "--running", "-p", p, "--output", output, "--checkpoint-dir", chk];
+    wordcount(cwd, &[&args[..], &["--checkpoint-interval", "1h"]].concat());
+}
+
 /// Compares `actual` with the golden file `name` (or rewrites it with `WEIR_BLESS=1`).
 fn golden(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -125,22 +132,7 @@ fn inspect_output_of_a_deterministic_savepoint_and_checkpoint_matches_the_golden
 
     // The final checkpoint of the same job on a file: a source position and pending part files.
     std::fs::write(dir.path().join("in.txt"), TEXT).unwrap();
-    wordcount(
-        dir.path(),
-        &[
-            "--input",
-            "in.txt",
-            "--running",
-            "-p",
-            "2",
-            "--output",
-            "out2",
-            "--checkpoint-dir",
-            "chk3",
-            "--checkpoint-interval",
-            "1h",
-        ],
-    );
+    running_wordcount(dir.path(), "2", "out2", "chk3");
     let json = inspect_json(dir.path(), "chk3/wordcount");
     let (at, ts) = (json["taken_at"].as_str().unwrap().to_string(), json["timestamp"].as_i64().unwrap());
     let text = weir_ok(dir.path(), &["savepoint", "inspect", "--verbose", "chk3/wordcount"]);
@@ -174,22 +166,7 @@ fn count_rows(dir: &Path) -> Vec<(String, u64)> {
 fn dump_returns_what_the_job_holds_for_a_key() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), word_lines(20_000, 400, 7)).unwrap();
-    wordcount(
-        dir.path(),
-        &[
-            "--input",
-            "in.txt",
-            "--running",
-            "-p",
-            "2",
-            "--output",
-            "out",
-            "--checkpoint-dir",
-            "chk",
-            "--checkpoint-interval",
-            "1h",
-        ],
-    );
+    running_wordcount(dir.path(), "2", "out", "chk");
     // The job's answer: its running count rows, of which a word's highest is its final count.
     let mut held: BTreeMap<String, u64> = BTreeMap::new();
     for (w, c) in count_rows(&dir.path().join("out")) {
@@ -427,8 +404,7 @@ fn paths_that_are_not_snapshots_get_one_line_errors() {
     // Twice: the second run restores checkpoint 1 and ends with checkpoint 2, whose files are
     // its own.
     for _ in 0..2 {
-        let args = ["--input", "in.txt", "--running", "--output", "out", "--checkpoint-dir", "chk"];
-        wordcount(dir.path(), &[&args[..], &["--checkpoint-interval", "1h"]].concat());
+        running_wordcount(dir.path(), "1", "out", "chk");
     }
     let job = dir.path().join("chk/wordcount");
     assert!(job.join("chk-2/_metadata").exists());
