@@ -146,7 +146,7 @@ impl<S: TwoPhaseCommitSink> Operator for TwoPhaseCommitOperator<S> {
 
     fn process(&mut self, r: Record<S::In>, ctx: &mut OperatorContext, _: &mut Collector<()>) -> Result<()> {
         if let Some(ts) = r.ts {
-            self.latency.written(ts, now_millis());
+            self.latency.written(ts, now_millis);
         }
         self.sink.write(r.value, ctx)
     }
