@@ -44,6 +44,15 @@ fn prom_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     total
 }
 
+/// Posts readings to an `http_ingest` job; its answer's status.
+fn post(agent: &ureq::Agent, port: u16, readings: Vec<serde_json::Value>) -> u16 {
+    agent
+        .post(&format!("http://127.0.0.1:{port}/events"))
+        .send_string(&serde_json::Value::Array(readings).to_string())
+        .unwrap()
+        .status()
+}
+
 fn operator<'a>(job: &'a serde_json::Value, uid: &str) -> &'a serde_json::Value {
     job["operators"].as_array().unwrap().iter().find(|o| o["uid"] == uid).unwrap_or_else(|| panic!("{uid} in {job}"))
 }
@@ -87,11 +96,7 @@ fn endpoints_report_what_the_job_processed() {
                 "event_time": 1_767_225_600_000i64 + batch * 60_000 + i})
             })
             .collect();
-        let r = agent
-            .post(&format!("http://127.0.0.1:{port}/events"))
-            .send_string(&serde_json::Value::Array(readings).to_string())
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(post(&agent, port, readings), 200);
         posted += 7;
     }
     // Acknowledged means checkpointed: the archive holds them all once the sink subtasks, told
@@ -277,11 +282,7 @@ fn commit_latency_runs_from_event_time_to_the_commit() {
         let readings: Vec<_> = (0..5)
             .map(|i| serde_json::json!({"stationId": format!("ST-{i}"), "parkingBikeTotCnt": batch, "event_time": now}))
             .collect();
-        let r = agent
-            .post(&format!("http://127.0.0.1:{port}/events"))
-            .send_string(&serde_json::Value::Array(readings).to_string())
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(post(&agent, port, readings), 200);
         slowest = slowest.max(sent.elapsed());
         posted += 5;
         std::thread::sleep(Duration::from_millis(37));

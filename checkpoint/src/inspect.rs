@@ -282,32 +282,3 @@ fn walk(
     }
     Ok(counted)
 }
-
-/// Human-readable rendering of a report.
-pub fn render(r: &Report) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(s, "{:?} {} of job '{}' (max parallelism {})", r.kind, r.checkpoint_id, r.job, r.max_parallelism);
-    for op in &r.operators {
-        let _ = writeln!(s, "\noperator {} ({}), parallelism {}", op.uid, op.name, op.parallelism);
-        for st in &op.states {
-            let ttl = st.ttl_ms.map(|t| format!(", ttl {t} ms")).unwrap_or_default();
-            let _ =
-                writeln!(s, "  state {:<24} {:?}{ttl}: {} entries, {} bytes", st.name, st.kind, st.entries, st.bytes);
-        }
-        for sub in &op.subtasks {
-            let kg = sub.key_groups.map(|k| format!(" key groups {}..={}", k[0], k[1])).unwrap_or_default();
-            let wm = if sub.watermark == i64::MIN { "none".to_string() } else { sub.watermark.to_string() };
-            let _ = write!(s, "  subtask {}{kg}, watermark {wm}, timers {}", sub.subtask, sub.timers);
-            match &sub.operator_state {
-                Some(v) => {
-                    let _ = writeln!(s, ", state {v}");
-                }
-                None => {
-                    let _ = writeln!(s);
-                }
-            }
-        }
-    }
-    s
-}

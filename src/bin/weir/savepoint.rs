@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use weir::checkpoint::inspect::DumpFilter;
 use weir::checkpoint::open::snapshot_at;
-use weir::checkpoint::{LoadedSnapshot, Location};
+use weir::checkpoint::Location;
 use weir::inspect;
 
 /// Where to find a snapshot: a savepoint, a `chk-N` directory, or a job's checkpoint directory
@@ -109,10 +109,6 @@ fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON ({e}); a string key needs quotes: '\"{s}\"'"))
 }
 
-fn open(path: &Location, scratch: &std::path::Path) -> Result<LoadedSnapshot> {
-    snapshot_at(path, scratch)
-}
-
 /// Writes to stdout; a reader that went away (`| head`) ends the output without an error.
 fn out_ok(r: std::io::Result<()>) -> Result<()> {
     match r {
@@ -144,7 +140,7 @@ pub fn run(command: SavepointCommand) -> Result<()> {
 
 fn inspect_cmd(a: InspectArgs) -> Result<()> {
     let scratch = tempfile::tempdir()?;
-    let snap = open(&a.path, scratch.path())?;
+    let snap = snapshot_at(&a.path, scratch.path())?;
     let mut report = inspect::inspect(&snap)?;
     if let Some(brokers) = &a.brokers {
         inspect::add_kafka_lag(&mut report, brokers)?;
@@ -164,7 +160,7 @@ fn cell(v: Option<&serde_json::Value>) -> String {
 
 fn dump_cmd(a: DumpArgs) -> Result<()> {
     let scratch = tempfile::tempdir()?;
-    let snap = open(&a.path, scratch.path())?;
+    let snap = snapshot_at(&a.path, scratch.path())?;
     let filter = DumpFilter { key: a.key.clone(), key_group: a.key_group, limit: a.limit };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -198,7 +194,7 @@ fn dump_cmd(a: DumpArgs) -> Result<()> {
 
 fn diff_cmd(a: DiffArgs) -> Result<()> {
     let (sa, sb) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let (snap_a, snap_b) = (open(&a.a, sa.path())?, open(&a.b, sb.path())?);
+    let (snap_a, snap_b) = (snapshot_at(&a.a, sa.path())?, snapshot_at(&a.b, sb.path())?);
     if a.keys {
         let (Some(op), Some(state)) = (&a.operator, &a.state) else { bail!("--keys needs --operator and --state") };
         let stdout = std::io::stdout();
