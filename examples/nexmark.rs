@@ -1,5 +1,6 @@
-//! The Nexmark benchmark: queries q0, q1, q2, q3, q4, q5, q7 and q8 over the built-in generator,
-//! with RocksDB state and checkpoints, at several parallelisms. Each run is a child process (so
+//! The Nexmark benchmark: queries q0–q22 (all but q23) over the built-in generator (the
+//! reference generator's distributions by default), with RocksDB state and checkpoints, at
+//! several parallelisms. Each run is a child process (so
 //! its peak RSS is its own); the table shows medians over the runs.
 //!
 //! ```text
@@ -24,7 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
-use weir::nexmark::{build, Digest, Event, NexmarkConfig, NexmarkSource, Query};
+use weir::nexmark::{
+    build, write_side_input, Digest, Event, Generator, NexmarkConfig, NexmarkSource, Query, QueryOptions,
+};
 use weir::prelude::*;
 
 mod measure;
@@ -54,7 +57,11 @@ enum Cmd {
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
     /// Queries to run.
-    #[arg(long, value_delimiter = ',', default_value = "q0,q1,q2,q3,q4,q5,q7,q8")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q0,q1,q2,q3,q4,q5,q6,q7,q8,q9,q10,q11,q12,q13,q14,q15,q16,q17,q18,q19,q20,q21,q22"
+    )]
     queries: Vec<Query>,
     /// Parallelisms to run each query at.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
@@ -80,6 +87,27 @@ struct BenchArgs {
     /// Work directory for checkpoints and state [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    generator: GeneratorArgs,
+}
+
+/// The generator's settings, the same for the benchmark and each run.
+#[derive(clap::Args, Debug, Clone)]
+struct GeneratorArgs {
+    /// The event generator: the reference Nexmark generator's distributions, or weir's lighter one.
+    #[arg(long, value_enum, default_value = "reference")]
+    generator: Generator,
+    /// Events per second of event time (the reference generator's `firstEventRate`): sets how
+    /// far event time advances per event, and with it window contents and auction lengths.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    event_rate: u64,
+}
+
+impl GeneratorArgs {
+    fn flags(&self) -> Vec<String> {
+        let generator = clap::ValueEnum::to_possible_value(&self.generator).map(|v| v.get_name().to_string());
+        vec!["--generator".into(), generator.unwrap_or_default(), "--event-rate".into(), self.event_rate.to_string()]
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +126,14 @@ struct RunArgs {
     /// windows and joins hold state for the skew.
     #[arg(long, default_value = "2s", value_parser = parse_alignment)]
     watermark_alignment: Alignment,
+    #[command(flatten)]
+    generator: GeneratorArgs,
+    /// q10's output: a directory or s3://bucket/prefix.
+    #[arg(long)]
+    output: Option<weir::checkpoint::Location>,
+    /// q13's side input, a key,value CSV file [default: written into a temporary directory].
+    #[arg(long)]
+    side_input: Option<PathBuf>,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -164,7 +200,13 @@ impl Summary {
 }
 
 fn run_query(args: RunArgs) -> Result<()> {
-    let cfg = NexmarkConfig { seed: args.seed, limit: Some(args.events), ..NexmarkConfig::default() };
+    let cfg = NexmarkConfig {
+        seed: args.seed,
+        limit: Some(args.events),
+        generator: args.generator.generator,
+        event_step_ns: NexmarkConfig::step_for_rate(args.generator.event_rate),
+        ..NexmarkConfig::default()
+    };
     let env = StreamEnv::new(args.job.clone());
     let strategy = WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|e: &Event| e.date_time());
     let strategy = match args.watermark_alignment.0 {
@@ -173,7 +215,17 @@ fn run_query(args: RunArgs) -> Result<()> {
     };
     let events = env.add_source("nexmark", NexmarkSource::new(cfg), strategy).uid("nexmark");
     let digest = Digest::default();
-    build(args.query, &events, &digest);
+    let side = tempfile::tempdir()?;
+    let side_input = match args.side_input.clone() {
+        Some(path) => path,
+        None => {
+            let path = side.path().join("side_input.csv");
+            write_side_input(&path)?;
+            path
+        }
+    };
+    let opts = QueryOptions { output: args.output.clone(), side_input: Some(side_input) };
+    build(args.query, &events, &digest, &opts)?;
     let started = Instant::now();
     let result = env.execute(&format!("nexmark-{}", args.query.name()))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -249,6 +301,9 @@ fn run_commands(exe: &Path, b: &BenchArgs, q: Query, p: usize, n: usize, work: &
             .args(["--checkpoint-interval", &format!("{}ms", b.checkpoint_interval.as_millis())])
             .args(["--memory-budget", &b.memory_budget, "--progress-interval", "0s"])
             .args(["--watermark-alignment", &b.watermark_alignment.flag()])
+            .args(b.generator.flags())
+            .arg("--output")
+            .arg(work.join("output"))
             .env("RUST_LOG", "warn");
         if n > 1 {
             cmd.args(["--processes", &n.to_string(), "--process-index", &i.to_string(), "--peers", &peers.join(",")]);
@@ -302,6 +357,10 @@ fn bench(b: BenchArgs) -> Result<()> {
     }
     println!();
     println!("machine: {} cores, {}", cores, machine());
+    println!(
+        "generator: {:?}, {} events/s of event time, {} events per run, medians of {} runs",
+        b.generator.generator, b.generator.event_rate, b.events, b.runs
+    );
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }

@@ -90,14 +90,16 @@ impl<Op: Operator> DriverOp for OneInput<Op> {
     }
 }
 
-/// Fires due timers of one domain, setting the current key of each before the call.
+/// Fires due timers of one domain (at most `limit` of them), setting the current key of each
+/// before the call.
 fn fire_timers<K: Data>(
     domain: TimeDomain,
     time: i64,
+    limit: usize,
     env: &mut DriverEnv,
     mut call: impl FnMut(&K, FiredTimer, &mut KeyedContext) -> Result<()>,
 ) -> Result<()> {
-    loop {
+    for _ in 0..limit {
         let backend = env.backend.as_mut().ok_or_else(|| anyhow!("keyed operator without state backend"))?;
         let Some(timer) = backend.pop_due_timer(domain, time) else { return Ok(()) };
         let key: K = weir_state::codec::decode(timer.key_bytes()).context("decoding a timer's key")?;
@@ -110,6 +112,7 @@ fn fire_timers<K: Data>(
         })?;
         call(&key, fired, &mut kctx)?;
     }
+    Ok(())
 }
 
 /// Fires due timers of `domain` through `on_timer`, stamping what they emit: event-time timers
@@ -117,11 +120,12 @@ fn fire_timers<K: Data>(
 fn fire_keyed_timers<K: Data, O>(
     domain: TimeDomain,
     time: i64,
+    limit: usize,
     env: &mut DriverEnv,
     out: &mut Collector<O>,
     mut on_timer: impl FnMut(&K, FiredTimer, &mut KeyedContext, &mut Collector<O>) -> Result<()>,
 ) -> Result<()> {
-    fire_timers::<K>(domain, time, env, |key, t, kctx| {
+    fire_timers::<K>(domain, time, limit, env, |key, t, kctx| {
         out.set_timestamp(match domain {
             TimeDomain::EventTime => Some(t.ts),
             TimeDomain::ProcessingTime => None,
@@ -202,15 +206,23 @@ impl<K: KeyedDriven> DriverOp for K {
         KeyedDriven::process(self, input, batch, env, out)
     }
     fn on_watermark(&mut self, wm: i64, env: &mut DriverEnv, out: &mut Collector<K::Out>) -> Result<()> {
-        fire_keyed_timers(TimeDomain::EventTime, wm, env, out, |k, t, c, o| self.on_timer(k, t, c, o))
+        fire_keyed_timers(TimeDomain::EventTime, wm, usize::MAX, env, out, |k, t, c, o| self.on_timer(k, t, c, o))
     }
     fn on_time(&mut self, now: i64, env: &mut DriverEnv, out: &mut Collector<K::Out>) -> Result<()> {
-        fire_keyed_timers(TimeDomain::ProcessingTime, now, env, out, |k, t, c, o| self.on_timer(k, t, c, o))
+        fire_keyed_timers(TimeDomain::ProcessingTime, now, usize::MAX, env, out, |k, t, c, o| self.on_timer(k, t, c, o))
     }
     fn next_wakeup(&self, env: &DriverEnv) -> Option<i64> {
         env.backend.as_ref().and_then(|b| b.next_timer(TimeDomain::ProcessingTime))
     }
     fn end_input(&mut self, env: &mut DriverEnv, out: &mut Collector<K::Out>) -> Result<()> {
+        // A bounded input has ended: processing time is taken to run on, as in Flink's batch
+        // execution, so that the processing-time timers registered so far fire (a job's last
+        // processing-time windows are emitted, not dropped). Only as many as there are now:
+        // a timer that re-arms itself would otherwise fire forever.
+        let pending = env.backend.as_ref().map_or(0, |b| b.timer_count(TimeDomain::ProcessingTime));
+        fire_keyed_timers(TimeDomain::ProcessingTime, i64::MAX, pending, env, out, |k, t, c, o| {
+            self.on_timer(k, t, c, o)
+        })?;
         out.set_timestamp(None);
         KeyedDriven::end_input(self, env, out)
     }
