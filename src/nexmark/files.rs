@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{bids, sink, stats::day, Bid, Digest, Event, QueryOptions};
+use super::{bids, sink, stats::day, Bid, Digest, Events, QueryOptions};
 use crate::prelude::*;
 
 /// q10's row: a bid with the day and minute it is filed under.
@@ -43,7 +43,7 @@ pub fn q10_row(b: Bid) -> Q10Row {
 
 /// q10: every bid to CSV files under `dt=<day>/hm=<HH:mm>/` (exactly once with checkpoints);
 /// the digest sink sees the same rows.
-pub(super) fn q10(events: &DataStream<Event>, digest: &Digest, opts: &QueryOptions) -> Result<()> {
+pub(super) fn q10(events: &Events, digest: &Digest, opts: &QueryOptions) -> Result<()> {
     let Some(output) = opts.output.clone() else { bail!("q10 writes files: give it an output location") };
     let rows = bids(events).map(q10_row).uid("rows");
     rows.write_files(FileSink::csv(output).bucket_by(|r: &Q10Row| format!("dt={}/hm={}", r.dt, r.hm))).uid("files");
@@ -82,7 +82,7 @@ fn read_side_input(path: &Path) -> Result<HashMap<u64, String>> {
 }
 
 /// q13: bids joined with the side input on `auction % 10 000` (bids without a match dropped).
-pub(super) fn q13(events: &DataStream<Event>, digest: &Digest, opts: &QueryOptions) -> Result<()> {
+pub(super) fn q13(events: &Events, digest: &Digest, opts: &QueryOptions) -> Result<()> {
     let Some(path) = &opts.side_input else { bail!("q13 joins a side input: give it a key,value file") };
     let table = Arc::new(read_side_input(path)?);
     let rows = bids(events)

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::{bids, sink, Auction, Bid, Digest, Event};
+use super::{bids, sink, Auction, Bid, Digest, Events};
 use crate::prelude::*;
 use crate::runtime::KeyedCoOperator;
 
@@ -57,14 +57,9 @@ impl KeyedCoOperator for ExpandBids {
 }
 
 /// q20: bids joined with their auction, for category 10.
-pub(super) fn q20(events: &DataStream<Event>, digest: &Digest) {
-    let auctions = events
-        .flat_map(|e: Event| match e {
-            Event::Auction(a) => Some(a),
-            _ => None,
-        })
-        .uid("auctions");
-    let rows = auctions
+pub(super) fn q20(events: &Events, digest: &Digest) {
+    let rows = events
+        .auctions
         .key_by(|a: &Auction| a.id)
         .connect(&bids(events).key_by(|b: &Bid| b.auction))
         .transform("expand", |_| ExpandBids)

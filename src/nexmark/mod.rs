@@ -204,17 +204,53 @@ pub struct QueryOptions {
     pub side_input: Option<std::path::PathBuf>,
 }
 
-fn bids(events: &DataStream<Event>) -> DataStream<Bid> {
-    events
-        .flat_map(|e: Event| match e {
-            Event::Bid(b) => Some(b),
-            _ => None,
-        })
-        .uid("bids")
+/// The event stream split by kind: people, auctions and bids, each its own stream.
+///
+/// One operator moves each event to the stream of its kind (bids on its main output, people and
+/// auctions on side outputs). Separate filters on the event stream would each get a copy of
+/// every event: with a query reading two kinds, every bid would be copied to be dropped.
+pub struct Events {
+    pub persons: DataStream<Person>,
+    pub auctions: DataStream<Auction>,
+    pub bids: DataStream<Bid>,
+}
+
+impl Events {
+    /// Splits `events` (one operator, chained to the source).
+    pub fn split(events: &DataStream<Event>) -> Events {
+        let (persons, auctions) = (OutputTag::new("persons"), OutputTag::new("auctions"));
+        let split = SplitEvents { persons: persons.clone(), auctions: auctions.clone() };
+        let bids = events.process("split", split).uid("split");
+        Events { persons: bids.side_output(&persons), auctions: bids.side_output(&auctions), bids }
+    }
+}
+
+#[derive(Clone)]
+struct SplitEvents {
+    persons: OutputTag<Person>,
+    auctions: OutputTag<Auction>,
+}
+
+impl Operator for SplitEvents {
+    type In = Event;
+    type Out = Bid;
+    fn process(&mut self, r: Record<Event>, _ctx: &mut OperatorContext, out: &mut Collector<Bid>) -> Result<()> {
+        match r.value {
+            Event::Bid(b) => out.collect(b),
+            Event::Auction(a) => out.side(&self.auctions, a),
+            Event::Person(p) => out.side(&self.persons, p),
+        }
+        Ok(())
+    }
+}
+
+fn bids(events: &Events) -> DataStream<Bid> {
+    events.bids.clone()
 }
 
 /// Builds query `q` on `events` and ends it in a digest sink (q10 also writes files).
 pub fn build(q: Query, events: &DataStream<Event>, digest: &Digest, opts: &QueryOptions) -> Result<()> {
+    let events = &Events::split(events);
     match q {
         Query::Q0 => sink(&bids(events), digest),
         Query::Q1 => {
@@ -224,27 +260,15 @@ pub fn build(q: Query, events: &DataStream<Event>, digest: &Digest, opts: &Query
             sink(&rows, digest)
         }
         Query::Q2 => {
-            let rows = events
-                .flat_map(|e: Event| match e {
-                    Event::Bid(b) if b.auction % 123 == 0 => Some((b.auction, b.price)),
-                    _ => None,
-                })
+            let rows = bids(events)
+                .flat_map(|b: Bid| b.auction.is_multiple_of(123).then_some((b.auction, b.price)))
                 .uid("filter");
             sink(&rows, digest)
         }
         Query::Q3 => {
-            let persons = events
-                .flat_map(|e: Event| match e {
-                    Event::Person(p) if ["OR", "ID", "CA"].contains(&p.state.as_str()) => Some(p),
-                    _ => None,
-                })
-                .uid("persons");
-            let auctions = events
-                .flat_map(|e: Event| match e {
-                    Event::Auction(a) if a.category == 10 => Some(a),
-                    _ => None,
-                })
-                .uid("auctions");
+            let persons =
+                events.persons.filter(|p: &Person| ["OR", "ID", "CA"].contains(&p.state.as_str())).uid("persons");
+            let auctions = events.auctions.filter(|a: &Auction| a.category == 10).uid("auctions");
             let rows = persons
                 .key_by(|p: &Person| p.id)
                 .connect(&auctions.key_by(|a: &Auction| a.seller))
@@ -317,21 +341,10 @@ pub fn build(q: Query, events: &DataStream<Event>, digest: &Digest, opts: &Query
             sink(&rows, digest)
         }
         Query::Q8 => {
-            let persons = events
-                .flat_map(|e: Event| match e {
-                    Event::Person(p) => Some(p),
-                    _ => None,
-                })
-                .uid("persons");
-            let auctions = events
-                .flat_map(|e: Event| match e {
-                    Event::Auction(a) => Some(a),
-                    _ => None,
-                })
-                .uid("auctions");
-            let rows = persons
+            let rows = events
+                .persons
                 .key_by(|p: &Person| p.id)
-                .connect(&auctions.key_by(|a: &Auction| a.seller))
+                .connect(&events.auctions.key_by(|a: &Auction| a.seller))
                 .transform("new-users", |_| Q8Join)
                 .uid("new-users");
             sink(&rows, digest)

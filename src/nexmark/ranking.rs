@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 
-use super::{bids, sink, Bid, Digest, Event};
+use super::{bids, sink, Bid, Digest, Events};
 use crate::prelude::*;
 
 /// A total order on bids for ties: equal times and prices still rank the same in every run.
@@ -14,19 +14,21 @@ pub fn tie_break(b: &Bid) -> (i64, u64, &str, &str, &str, u64) {
     (b.date_time, b.price, b.extra.as_str(), b.url.as_str(), b.channel.as_str(), b.bidder)
 }
 
-/// Bids waiting for the watermark, and those of them now due (at or before `ts`), in time order.
-fn take_due(ctx: &mut KeyedContext, ts: i64) -> Result<Vec<Bid>> {
-    let desc = ListStateDescriptor::<Bid>::new("pending");
-    let pending = ctx.state(&desc)?.get()?;
-    let (mut due, later): (Vec<Bid>, Vec<Bid>) = pending.into_iter().partition(|b| b.date_time <= ts);
-    ctx.state(&desc)?.update(&later)?;
+/// The bids made at the fired timer's time (each time has its own list, so that a key with many
+/// bids waiting does not reread them all at every timer), in [`tie_break`] order.
+fn take_due(ctx: &mut KeyedContext, timer: &FiredTimer) -> Result<Vec<Bid>> {
+    let mut pending = ctx.state(&ListStateDescriptor::<Bid>::new("pending"))?.in_namespace(&timer.namespace);
+    let mut due = pending.get()?;
+    pending.clear()?;
     due.sort_by(|a, b| tie_break(a).cmp(&tie_break(b)));
     Ok(due)
 }
 
+/// Keeps `b` until the watermark reaches its time.
 fn hold(ctx: &mut KeyedContext, b: Bid) -> Result<()> {
-    ctx.register_event_timer(b.date_time)?;
-    ctx.state(&ListStateDescriptor::<Bid>::new("pending"))?.add(&b)
+    let ns = b.date_time.to_be_bytes();
+    ctx.register_timer_in(TimeDomain::EventTime, b.date_time, &ns)?;
+    ctx.state(&ListStateDescriptor::<Bid>::new("pending"))?.in_namespace(&ns).add(&b)
 }
 
 /// q18: per (bidder, auction), the latest bid as of each time a bid was made (an upsert
@@ -54,7 +56,7 @@ impl KeyedOperator for LastBid {
         ctx: &mut KeyedContext,
         out: &mut Collector<Bid>,
     ) -> Result<()> {
-        if let Some(last) = take_due(ctx, t.ts)?.pop() {
+        if let Some(last) = take_due(ctx, &t)?.pop() {
             out.collect(last);
         }
         Ok(())
@@ -99,7 +101,7 @@ impl KeyedOperator for TopBids {
         let mut top = ctx.state(&desc)?.value()?.unwrap_or_default();
         let before = top.len();
         let mut changed = false;
-        for b in take_due(ctx, t.ts)? {
+        for b in take_due(ctx, &t)? {
             let at = top.partition_point(|x| top_order(x, &b).is_lt());
             if at < TOP_N {
                 top.insert(at, b.clone());
@@ -120,13 +122,13 @@ impl KeyedOperator for TopBids {
 }
 
 /// q18: the last bid of each bidder on each auction.
-pub(super) fn q18(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q18(events: &Events, digest: &Digest) {
     let rows = bids(events).key_by(|b: &Bid| (b.bidder, b.auction)).process("last-bid", LastBid).uid("last-bid");
     sink(&rows, digest)
 }
 
 /// q19: the ten highest bids of each auction.
-pub(super) fn q19(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q19(events: &Events, digest: &Digest) {
     let rows = bids(events).key_by(|b: &Bid| b.auction).process("top-10", TopBids).uid("top-10");
     sink(&rows, digest)
 }

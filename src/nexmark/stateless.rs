@@ -1,7 +1,7 @@
 //! The queries that look at one bid at a time: q14 (calculation with a user function), q21
 //! (channel id from a `CASE` or the URL) and q22 (URL directories).
 
-use super::{bids, sink, Bid, Digest, Event};
+use super::{bids, sink, Bid, Digest, Events};
 use crate::prelude::*;
 
 /// q14's row: the price in thousandths (0.908 × price exactly, as Flink's `DECIMAL(23, 3)`).
@@ -63,12 +63,12 @@ pub fn url_dirs(url: &str) -> (Option<String>, Option<String>, Option<String>) {
 }
 
 /// q14: bids in a price band with their price in euros, time of day and a user function.
-pub(super) fn q14(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q14(events: &Events, digest: &Digest) {
     sink(&bids(events).flat_map(q14_row).uid("calc"), digest)
 }
 
 /// q21: bids with a channel id.
-pub(super) fn q21(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q21(events: &Events, digest: &Digest) {
     let rows = bids(events)
         .flat_map(|b: Bid| channel_id(&b.channel, &b.url).map(|id| (b.auction, b.bidder, b.price, b.channel, id)))
         .uid("channel-id");
@@ -76,7 +76,7 @@ pub(super) fn q21(events: &DataStream<Event>, digest: &Digest) {
 }
 
 /// q22: bids with the first three directories of their URL.
-pub(super) fn q22(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q22(events: &Events, digest: &Digest) {
     let rows = bids(events)
         .map(|b: Bid| {
             let (d1, d2, d3) = url_dirs(&b.url);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{bids, sink, Bid, Digest, Event};
+use super::{bids, sink, Bid, Digest, Events};
 use crate::prelude::*;
 use crate::state::AggregateFunction;
 
@@ -126,7 +126,7 @@ impl KeyedOperator for FirstSeen {
 }
 
 /// Per group (encoded by `group`) and day: the bid statistics and the latest minute of a bid.
-fn daily_stats(events: &DataStream<Event>, group: fn(&Bid) -> Vec<u8>) -> DataStream<(Vec<u8>, Part, i64)> {
+fn daily_stats(events: &Events, group: fn(&Bid) -> Vec<u8>) -> DataStream<(Vec<u8>, Part, i64)> {
     let bids = bids(events);
     let counts = bids
         .map(move |b: Bid| {
@@ -156,14 +156,14 @@ fn daily_stats(events: &DataStream<Event>, group: fn(&Bid) -> Vec<u8>) -> DataSt
 }
 
 /// q15: bid statistics per day.
-pub(super) fn q15(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q15(events: &Events, digest: &Digest) {
     let rows =
         daily_stats(events, |_| Vec::new()).map(|(_, (s, _), start): (Vec<u8>, Part, i64)| (day(start), s)).uid("rows");
     sink(&rows, digest)
 }
 
 /// q16: bid statistics per channel and day, with the day's latest minute of a bid.
-pub(super) fn q16(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q16(events: &Events, digest: &Digest) {
     let rows = daily_stats(events, |b| b.channel.as_bytes().to_vec())
         .map(|(g, (s, minute), start): (Vec<u8>, Part, i64)| {
             (String::from_utf8_lossy(&g).into_owned(), day(start), hour_minute(minute), s)
@@ -211,7 +211,7 @@ impl AggregateFunction for SumAuction {
 pub type Q17Row = (u64, String, [u64; 4], u64, u64, u64, u64);
 
 /// q17: per auction and day, how many bids at which prices.
-pub(super) fn q17(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q17(events: &Events, digest: &Digest) {
     let rows = bids(events)
         .key_by(|b: &Bid| (b.auction, b.date_time.div_euclid(DAY_MS)))
         .window(TumblingEventTimeWindows::of(Duration::from_millis(DAY_MS as u64)))

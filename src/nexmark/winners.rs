@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{bids, sink, Auction, Bid, Digest, Event};
+use super::{bids, sink, Auction, Bid, Digest, Events};
 use crate::prelude::*;
 use crate::runtime::KeyedCoOperator;
 
@@ -196,17 +196,9 @@ impl KeyedOperator for AvgPrice {
     }
 }
 
-fn auctions(events: &DataStream<Event>) -> DataStream<Auction> {
+fn winners<A: Data, B: Data>(events: &Events, op: WinningBids<A, B>) -> DataStream<Won<A, B>> {
     events
-        .flat_map(|e: Event| match e {
-            Event::Auction(a) => Some(a),
-            _ => None,
-        })
-        .uid("auctions")
-}
-
-fn winners<A: Data, B: Data>(events: &DataStream<Event>, op: WinningBids<A, B>) -> DataStream<Won<A, B>> {
-    auctions(events)
+        .auctions
         .key_by(|a: &Auction| a.id)
         .connect(&bids(events).key_by(|b: &Bid| b.auction))
         .transform("winning-bids", move |_| op.clone())
@@ -214,7 +206,7 @@ fn winners<A: Data, B: Data>(events: &DataStream<Event>, op: WinningBids<A, B>) 
 }
 
 /// q4: the average winning price per category.
-pub(super) fn q4(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q4(events: &Events, digest: &Digest) {
     let won = winners(events, WinningBids::new(|a| a.category, |_| ()));
     let rows = won
         .map(|w: Won<u64, ()>| (w.auction, w.price, w.closed))
@@ -225,7 +217,7 @@ pub(super) fn q4(events: &DataStream<Event>, digest: &Digest) {
 }
 
 /// q6: per seller, the average selling price of their last 10 auctions.
-pub(super) fn q6(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q6(events: &Events, digest: &Digest) {
     let won = winners(events, WinningBids::new(|a| a.seller, |_| ()));
     let rows = won
         .map(|w: Won<u64, ()>| (w.auction, w.price, w.closed))
@@ -236,7 +228,7 @@ pub(super) fn q6(events: &DataStream<Event>, digest: &Digest) {
 }
 
 /// q9: every auction with its winning bid.
-pub(super) fn q9(events: &DataStream<Event>, digest: &Digest) {
+pub(super) fn q9(events: &Events, digest: &Digest) {
     let won = winners(events, WinningBids::new(Auction::clone, Bid::clone));
     sink(&won.map(|w: Won<Auction, Bid>| (w.auction, w.bid)).uid("rows"), digest)
 }
