@@ -26,9 +26,22 @@ fn rank(b: &Bid) -> Rank {
     (b.price, std::cmp::Reverse(b.date_time), std::cmp::Reverse(b.bidder))
 }
 
-/// An open auction in state: what the query keeps, when it opened and expires, and its best
-/// bid so far.
-type Open<A, B> = (A, i64, i64, Option<(Rank, B)>);
+/// A bid waiting for its auction: its time, rank and what the query keeps of it.
+type EarlyBid<B> = (i64, Rank, B);
+
+/// An auction's state, one entry per auction kept as a live object in the write cache (updated
+/// in place: no decoding and encoding per bid, no RocksDB merge per early bid).
+#[derive(Clone, Serialize, Deserialize)]
+enum Slot<A, B> {
+    /// Not here yet, but bids for it came first (from a source subtask ahead of the other).
+    Early(Vec<EarlyBid<B>>),
+    /// Open: what the query keeps, when it opened and expires, its best bid so far.
+    Open(A, i64, i64, Option<(Rank, B)>),
+    /// Closed at a time; kept for [`CLOSED_KEPT_MS`] so that the many bids for auctions
+    /// already closed (half the bids go to the hot auction, which often closes before the next
+    /// one opens) are dropped at once instead of waiting as early bids.
+    Closed(i64),
+}
 
 /// The winning bid of each auction among the bids made while it was open, emitted when the
 /// auction expires; `keep_auction` and `keep_bid` choose what of each the state holds (q4 keeps
@@ -55,12 +68,18 @@ impl<A, B> WinningBids<A, B> {
 /// then cannot win. Only bounds how long such bids are kept.
 const EARLY_BID_MS: i64 = 1_000;
 
-fn open_state<A, B>() -> ValueStateDescriptor<Open<A, B>> {
+/// How long a closed auction's marker stays (event time after it closed).
+const CLOSED_KEPT_MS: i64 = 10_000;
+
+fn slot<A, B>() -> ValueStateDescriptor<Slot<A, B>> {
     ValueStateDescriptor::new("auction")
 }
 
-fn early_bids<B>() -> ListStateDescriptor<(i64, Rank, B)> {
-    ListStateDescriptor::new("early-bids")
+/// When the early bids made at `t` are dropped if their auction has not come: rounded up to a
+/// whole second, so that a key has one cleanup timer per second, not one per bid.
+fn early_cleanup(t: i64) -> i64 {
+    let due = t + EARLY_BID_MS;
+    due - due.rem_euclid(EARLY_BID_MS) + EARLY_BID_MS
 }
 
 impl<A: Data, B: Data> KeyedCoOperator for WinningBids<A, B> {
@@ -76,15 +95,19 @@ impl<A: Data, B: Data> KeyedCoOperator for WinningBids<A, B> {
         _out: &mut Collector<Won<A, B>>,
     ) -> Result<()> {
         let a = a.value;
-        // Bids that came first count if they were made while it was open.
-        let early = ctx.state(&early_bids::<B>())?.get()?;
-        let best = early
-            .into_iter()
-            .filter(|(t, _, _)| *t >= a.date_time && *t <= a.expires)
-            .map(|(_, r, b)| (r, b))
-            .max_by(|x, y| x.0.cmp(&y.0));
-        ctx.state(&early_bids::<B>())?.clear()?;
-        ctx.state(&open_state::<A, B>())?.update(&((self.keep_auction)(&a), a.date_time, a.expires, best))?;
+        let kept = (self.keep_auction)(&a);
+        ctx.state(&slot::<A, B>())?.update_with(|slot| {
+            // Bids that came first count if they were made while it was open.
+            let best = match slot.take() {
+                Some(Slot::Early(early)) => early
+                    .into_iter()
+                    .filter(|(t, _, _)| *t >= a.date_time && *t <= a.expires)
+                    .map(|(_, r, b)| (r, b))
+                    .max_by(|x, y| x.0.cmp(&y.0)),
+                _ => None,
+            };
+            *slot = Some(Slot::Open(kept, a.date_time, a.expires, best));
+        })?;
         ctx.register_event_timer(a.expires)
     }
     fn process2(
@@ -95,21 +118,28 @@ impl<A: Data, B: Data> KeyedCoOperator for WinningBids<A, B> {
         _out: &mut Collector<Won<A, B>>,
     ) -> Result<()> {
         let b = b.value;
-        let desc = open_state::<A, B>();
-        let mut auction = ctx.state(&desc)?;
-        match auction.value()? {
-            Some((kept, opened, expires, best)) => {
-                let r = rank(&b);
-                if b.date_time >= opened && b.date_time <= expires && best.as_ref().is_none_or(|(top, _)| r > *top) {
-                    auction.update(&(kept, opened, expires, Some((r, (self.keep_bid)(&b)))))?;
+        let (keep_bid, wm, r) = (self.keep_bid, ctx.current_watermark(), rank(&b));
+        let waits = ctx.state(&slot::<A, B>())?.update_with(|slot| match slot {
+            Some(Slot::Open(_, opened, expires, best)) => {
+                if b.date_time >= *opened && b.date_time <= *expires && best.as_ref().is_none_or(|(top, _)| r > *top) {
+                    *best = Some((r, keep_bid(&b)));
                 }
+                false
             }
-            None if b.date_time + EARLY_BID_MS > ctx.current_watermark() => {
-                ctx.state(&early_bids::<B>())?.add(&(b.date_time, rank(&b), (self.keep_bid)(&b)))?;
-                ctx.register_event_timer(b.date_time + EARLY_BID_MS)?;
+            Some(Slot::Closed(_)) => false,
+            Some(Slot::Early(early)) => {
+                early.push((b.date_time, r, keep_bid(&b)));
+                true
+            }
+            None if b.date_time + EARLY_BID_MS > wm => {
+                *slot = Some(Slot::Early(vec![(b.date_time, r, keep_bid(&b))]));
+                true
             }
             // A bid for an auction that closed long ago.
-            None => {}
+            None => false,
+        })?;
+        if waits {
+            ctx.register_event_timer(early_cleanup(b.date_time))?;
         }
         Ok(())
     }
@@ -120,16 +150,32 @@ impl<A: Data, B: Data> KeyedCoOperator for WinningBids<A, B> {
         ctx: &mut KeyedContext,
         out: &mut Collector<Won<A, B>>,
     ) -> Result<()> {
-        let desc = open_state::<A, B>();
-        match ctx.state(&desc)?.value()? {
-            Some((kept, _, expires, best)) if expires == timer.ts => {
-                if let Some(((price, _, _), bid)) = best {
-                    out.collect(Won { auction: kept, bid, price, closed: expires });
-                }
-                ctx.state(&desc)?.clear()?;
+        let ts = timer.ts;
+        let (won, closed) = ctx.state(&slot::<A, B>())?.update_with(|slot| match slot.take() {
+            Some(Slot::Open(kept, _, expires, best)) if expires == ts => {
+                *slot = Some(Slot::Closed(expires));
+                let won = best.map(|((price, _, _), bid)| Won { auction: kept, bid, price, closed: expires });
+                (won, true)
             }
-            Some(_) => {}
-            None => ctx.state(&early_bids::<B>())?.clear()?,
+            Some(Slot::Closed(at)) if at + CLOSED_KEPT_MS == ts => (None, false),
+            // Early bids whose auction did not come in time cannot win any more.
+            Some(Slot::Early(mut early)) => {
+                early.retain(|(t, _, _)| early_cleanup(*t) > ts);
+                if !early.is_empty() {
+                    *slot = Some(Slot::Early(early));
+                }
+                (None, false)
+            }
+            other => {
+                *slot = other;
+                (None, false)
+            }
+        })?;
+        if let Some(won) = won {
+            out.collect(won);
+        }
+        if closed {
+            ctx.register_event_timer(ts + CLOSED_KEPT_MS)?;
         }
         Ok(())
     }
