@@ -14,12 +14,16 @@ pub fn tie_break(b: &Bid) -> (i64, u64, &str, &str, &str, u64) {
     (b.date_time, b.price, b.extra.as_str(), b.url.as_str(), b.channel.as_str(), b.bidder)
 }
 
-/// The bids made at the fired timer's time (each time has its own list, so that a key with many
-/// bids waiting does not reread them all at every timer), in [`tie_break`] order.
+/// The bids waiting for the watermark to reach their time, one list per key and time (a live
+/// object in the write cache: a list that comes and goes between two flushes never reaches
+/// RocksDB, and a key with many bids waiting is not reread at every timer).
+fn pending() -> ValueStateDescriptor<Vec<Bid>> {
+    ValueStateDescriptor::new("pending")
+}
+
+/// The bids made at the fired timer's time, in [`tie_break`] order.
 fn take_due(ctx: &mut KeyedContext, timer: &FiredTimer) -> Result<Vec<Bid>> {
-    let mut pending = ctx.state(&ListStateDescriptor::<Bid>::new("pending"))?.in_namespace(&timer.namespace);
-    let mut due = pending.get()?;
-    pending.clear()?;
+    let mut due = ctx.state(&pending())?.in_namespace(&timer.namespace).update_with(Option::take)?.unwrap_or_default();
     due.sort_by(|a, b| tie_break(a).cmp(&tie_break(b)));
     Ok(due)
 }
@@ -28,7 +32,7 @@ fn take_due(ctx: &mut KeyedContext, timer: &FiredTimer) -> Result<Vec<Bid>> {
 fn hold(ctx: &mut KeyedContext, b: Bid) -> Result<()> {
     let ns = b.date_time.to_be_bytes();
     ctx.register_timer_in(TimeDomain::EventTime, b.date_time, &ns)?;
-    ctx.state(&ListStateDescriptor::<Bid>::new("pending"))?.in_namespace(&ns).add(&b)
+    ctx.state(&pending())?.in_namespace(&ns).update_with(|list| list.get_or_insert_with(Vec::new).push(b))
 }
 
 /// q18: per (bidder, auction), the latest bid as of each time a bid was made (an upsert

@@ -2,9 +2,9 @@
 //! day). Flink runs them as unbounded group-bys; weir emits each group once, when its day
 //! closes in event time (or the input ends).
 //!
-//! Distinct counts are split the way Flink splits distinct aggregates: a stage keyed by
-//! (group, bidder or auction) notes which price ranks it has seen the id in and sends +1 the
-//! first time; the daily sum adds those up, so no operator holds a set of ids.
+//! Distinct counts come from a map state per group and day of the ids seen (each its own
+//! RocksDB entry, so a day with millions of bidders stays within the memory budget), dropped
+//! when the day closes.
 
 use std::time::Duration;
 
@@ -48,110 +48,85 @@ pub struct BidStats {
     pub auctions: [u64; 4],
 }
 
-/// A contribution to a group's day: statistics to add and the latest minute seen.
+/// A group's day so far: its statistics and the latest minute of a bid.
 type Part = (BidStats, u32);
 
-struct SumParts;
+/// Per group and day (the key): counts bids and, through a map of the bidders and auctions seen
+/// (with the price ranks each was seen in), distinct bidders and auctions; emits the day's row
+/// when the watermark passes its end (one timer per group and day) and forgets the day.
+#[derive(Clone)]
+struct DailyStats;
 
-impl AggregateFunction for SumParts {
-    type In = (Vec<u8>, Part);
-    type Acc = Part;
-    type Out = Part;
-    fn create_accumulator(&self) -> Part {
-        (BidStats::default(), 0)
-    }
-    fn add(&self, acc: &mut Part, (_, (s, minute)): &(Vec<u8>, Part)) {
-        for i in 0..4 {
-            acc.0.bids[i] += s.bids[i];
-            acc.0.bidders[i] += s.bidders[i];
-            acc.0.auctions[i] += s.auctions[i];
-        }
-        acc.1 = acc.1.max(*minute);
-    }
-    fn get_result(&self, acc: &Part) -> Part {
-        *acc
-    }
-    fn merge(&self, mut a: Part, b: Part) -> Part {
-        self.add(&mut a, &(Vec::new(), b));
-        a
-    }
+fn part() -> ValueStateDescriptor<Part> {
+    ValueStateDescriptor::new("day")
 }
 
-/// Notes the price ranks an id was seen in within its group and day; sends +1 to the group's
-/// distinct bidders (`kind` 0) or auctions (1), in all and per rank, the first time.
-#[derive(Clone)]
-struct FirstSeen;
+fn seen() -> MapStateDescriptor<(u8, u64), u8> {
+    MapStateDescriptor::new("seen")
+}
 
-impl KeyedOperator for FirstSeen {
-    type Key = (Vec<u8>, u8, u64);
-    type In = (Vec<u8>, u8, u64, usize);
-    type Out = (Vec<u8>, Part);
+impl KeyedOperator for DailyStats {
+    type Key = (Vec<u8>, i64);
+    type In = Bid;
+    type Out = (Vec<u8>, Part, i64);
     fn process(
         &mut self,
-        key: &(Vec<u8>, u8, u64),
-        r: Record<(Vec<u8>, u8, u64, usize)>,
+        key: &(Vec<u8>, i64),
+        b: Record<Bid>,
         ctx: &mut KeyedContext,
-        out: &mut Collector<(Vec<u8>, Part)>,
+        _out: &mut Collector<Self::Out>,
     ) -> Result<()> {
-        let desc = ValueStateDescriptor::<u8>::new("seen");
-        let seen = ctx.state(&desc)?.value()?;
-        let bits = (1u8 << r.value.3) | 1;
-        let new = bits & !seen.unwrap_or(0);
-        if new == 0 {
-            return Ok(());
+        let b = b.value;
+        let rank = price_rank(b.price);
+        // Bit 0: seen at all; bit r: seen at price rank r.
+        let bits = 1u8 | (1 << rank);
+        let mut new = [0u8; 2];
+        for (kind, id) in [(0u8, b.bidder), (1, b.auction)] {
+            let mut ids = ctx.state(&seen())?;
+            let old = ids.get(&(kind, id))?.unwrap_or(0);
+            if bits & !old != 0 {
+                ids.put(&(kind, id), &(old | bits))?;
+                new[kind as usize] = bits & !old;
+            }
         }
-        if seen.is_none() {
-            // The group's day ends: its ids are not needed after that.
-            let ts = r.ts.unwrap_or(0);
-            ctx.register_event_timer(ts - ts.rem_euclid(DAY_MS) + DAY_MS - 1)?;
+        let first = ctx.state(&part())?.update_with(|p| {
+            let first = p.is_none();
+            let (s, minute) = p.get_or_insert_with(Default::default);
+            s.bids[0] += 1;
+            s.bids[rank] += 1;
+            for (counts, new) in [(&mut s.bidders, new[0]), (&mut s.auctions, new[1])] {
+                for (i, c) in counts.iter_mut().enumerate() {
+                    *c += u64::from(new >> i & 1);
+                }
+            }
+            *minute = (*minute).max(minute_of_day(b.date_time));
+            first
+        })?;
+        if first {
+            ctx.register_event_timer(key.1 * DAY_MS + DAY_MS - 1)?;
         }
-        ctx.state(&desc)?.update(&(seen.unwrap_or(0) | new))?;
-        let mut stats = BidStats::default();
-        let counts = if key.1 == 0 { &mut stats.bidders } else { &mut stats.auctions };
-        for (i, c) in counts.iter_mut().enumerate() {
-            *c = u64::from(new >> i & 1);
-        }
-        out.collect((key.0.clone(), (stats, 0)));
         Ok(())
     }
     fn on_timer(
         &mut self,
-        _key: &Self::Key,
+        key: &(Vec<u8>, i64),
         _t: FiredTimer,
         ctx: &mut KeyedContext,
-        _out: &mut Collector<Self::Out>,
+        out: &mut Collector<Self::Out>,
     ) -> Result<()> {
-        ctx.state(&ValueStateDescriptor::<u8>::new("seen"))?.clear()
+        if let Some(p) = ctx.state(&part())?.value()? {
+            out.collect((key.0.clone(), p, key.1 * DAY_MS));
+        }
+        ctx.state(&part())?.clear()?;
+        ctx.state(&seen())?.clear()
     }
 }
 
 /// Per group (encoded by `group`) and day: the bid statistics and the latest minute of a bid.
 fn daily_stats(events: &Events, group: fn(&Bid) -> Vec<u8>) -> DataStream<(Vec<u8>, Part, i64)> {
-    let bids = bids(events);
-    let counts = bids
-        .map(move |b: Bid| {
-            let mut s = BidStats::default();
-            s.bids[0] = 1;
-            s.bids[price_rank(b.price)] = 1;
-            (group(&b), (s, minute_of_day(b.date_time)))
-        })
-        .uid("bid-counts");
-    let distinct = bids
-        .flat_map(move |b: Bid| {
-            let (g, rank) = (group(&b), price_rank(b.price));
-            [(g.clone(), 0, b.bidder, rank), (g, 1, b.auction, rank)]
-        })
-        .uid("ids")
-        .key_by(|r: &(Vec<u8>, u8, u64, usize)| (r.0.clone(), r.1, r.2))
-        .process("distinct", FirstSeen)
-        .uid("distinct");
-    counts
-        .union(&[&distinct])
-        .key_by(|r: &(Vec<u8>, Part)| r.0.clone())
-        .window(TumblingEventTimeWindows::of(Duration::from_millis(DAY_MS as u64)))
-        .aggregate_with(SumParts, |g: &Vec<u8>, w: &TimeWindow, part: Part, out| {
-            out.collect((g.clone(), part, w.start))
-        })
+    bids(events)
+        .key_by(move |b: &Bid| (group(b), b.date_time.div_euclid(DAY_MS)))
+        .process("daily", DailyStats)
         .uid("daily")
 }
 
