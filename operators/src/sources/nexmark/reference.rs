@@ -327,7 +327,7 @@ mod tests {
             })
             .collect();
         let share = |f: &dyn Fn(&Bid) -> bool| bids.iter().filter(|b| f(b)).count() as f64 / bids.len() as f64;
-        let hot_auction = share(&|b| (b.auction - FIRST_AUCTION_ID) % HOT_BLOCK == 0);
+        let hot_auction = share(&|b| (b.auction - FIRST_AUCTION_ID).is_multiple_of(HOT_BLOCK));
         let hot_bidder = share(&|b| (b.bidder - FIRST_PERSON_ID) % HOT_BLOCK == 1);
         let hot_channel = share(&|b| HOT_CHANNELS.contains(&b.channel.as_str()));
         let with_id = share(&|b| b.url.contains("&channel_id="));
