@@ -29,13 +29,12 @@ pub struct Q10Row {
 
 /// q10 for one bid.
 pub fn q10_row(b: Bid) -> Q10Row {
-    let minute = (b.date_time.rem_euclid(86_400_000) / 60_000) as u32;
     Q10Row {
         auction: b.auction,
         bidder: b.bidder,
         price: b.price,
         dt: day(b.date_time),
-        hm: super::stats::hour_minute(minute),
+        hm: super::stats::hour_minute(super::stats::minute_of_day(b.date_time)),
         date_time: b.date_time,
         extra: b.extra,
     }

@@ -103,7 +103,6 @@ impl KeyedOperator for TopBids {
     ) -> Result<()> {
         let desc = ValueStateDescriptor::<Vec<Bid>>::new("top");
         let mut top = ctx.state(&desc)?.value()?.unwrap_or_default();
-        let before = top.len();
         let mut changed = false;
         for b in take_due(ctx, &t)? {
             let at = top.partition_point(|x| top_order(x, &b).is_lt());
@@ -118,7 +117,7 @@ impl KeyedOperator for TopBids {
                 changed = true;
             }
         }
-        if changed || top.len() != before {
+        if changed {
             ctx.state(&desc)?.update(&top)?;
         }
         Ok(())

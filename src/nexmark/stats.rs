@@ -36,7 +36,7 @@ pub fn hour_minute(minute: u32) -> String {
     format!("{:02}:{:02}", minute / 60, minute % 60)
 }
 
-fn minute_of_day(ms: i64) -> u32 {
+pub(super) fn minute_of_day(ms: i64) -> u32 {
     (ms.rem_euclid(DAY_MS) / 60_000) as u32
 }
 
