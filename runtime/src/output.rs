@@ -84,7 +84,7 @@ fn send<T: Data>(tx: &ChannelTx<T>, el: StreamElement<T>, env: &SendEnv) -> Resu
     let tx = match tx {
         ChannelTx::Local(tx) => tx,
         ChannelTx::Remote(remote) => {
-            let mut body = crate::net::frame::data_frame(remote.channel, 256);
+            let mut body = crate::net::frame::data_frame(remote.channel, remote.link.sent.take());
             crate::net::codec::encode(&el, &mut body)?;
             if let StreamElement::Batch(b) = &el {
                 remote.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);

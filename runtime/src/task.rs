@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::checkpointing::BarrierAligner;
-use crate::element::{CheckpointBarrier, Data, StreamElement, MAX_WATERMARK};
+use crate::element::{CheckpointBarrier, Data, Record, StreamElement, MAX_WATERMARK};
 use crate::error::Cancelled;
 use crate::metrics::TaskStats;
 use crate::output::TaskHead;
@@ -91,16 +91,16 @@ fn deliver<T: Data>(el: StreamElement<T>, input: usize, head: &mut dyn TaskHead)
 }
 
 /// An input channel from a task in another process: elements arrive encoded and are decoded
-/// on this task's thread.
+/// on this task's thread, batches into the vector the previous batch used.
 pub(crate) struct RemoteIn<T> {
     rx: crate::net::RemoteRx,
     input: usize,
-    _records: std::marker::PhantomData<fn() -> T>,
+    spare: std::cell::Cell<Vec<Record<T>>>,
 }
 
 impl<T> RemoteIn<T> {
     pub(crate) fn new(rx: crate::net::RemoteRx, input: usize) -> Self {
-        RemoteIn { rx, input, _records: std::marker::PhantomData }
+        RemoteIn { rx, input, spare: Default::default() }
     }
 }
 
@@ -115,11 +115,20 @@ impl<T: Data> InputChannel for RemoteIn<T> {
             Err(TryRecvError::Empty) => return Ok(Event::Empty),
             Err(TryRecvError::Disconnected) => return Ok(Event::Disconnected),
         };
-        let el = crate::net::codec::decode::<T>(&body[crate::net::frame::DATA_AT..])?;
-        if let StreamElement::Batch(b) = &el {
-            self.rx.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);
+        let el = crate::net::codec::decode::<T>(&body[crate::net::frame::DATA_AT..], self.spare.take())?;
+        self.rx.link.received.give(body);
+        match el {
+            StreamElement::Batch(mut b) => {
+                self.rx.stats.records.fetch_add(b.len() as u64, Ordering::Relaxed);
+                head.process(self.input, &mut b)?;
+                // Whatever the head left (it may have kept the records and left an empty
+                // vector) is cleared and reused for the next batch.
+                b.clear();
+                self.spare.set(b);
+                Ok(Event::Data)
+            }
+            other => deliver(other, self.input, head),
         }
-        deliver(el, self.input, head)
     }
 
     fn queued(&self) -> usize {

@@ -11,12 +11,11 @@
 //! ```
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use anyhow::{bail, Context, Result};
-use serde::de::{DeserializeOwned, SeqAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserializer, Serialize, Serializer};
 
 use crate::element::{CheckpointBarrier, Record, StreamElement};
 
@@ -38,13 +37,22 @@ impl<T: Serialize> Serialize for WireRecord<'_, T> {
     }
 }
 
+/// A batch on the wire: the sequence of its records, without collecting them first.
+struct WireRecords<'a, T>(&'a [Record<T>]);
+
+impl<T: Serialize> Serialize for WireRecords<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(WireRecord))
+    }
+}
+
 /// Appends the encoding of `el` to `buf`.
 pub(crate) fn encode<T: Serialize>(el: &StreamElement<T>, buf: &mut Vec<u8>) -> Result<()> {
     match el {
         StreamElement::Batch(records) => {
             buf.push(BATCH);
-            let wire: Vec<WireRecord<T>> = records.iter().map(WireRecord).collect();
-            rmp_serde::encode::write_named(buf, &wire).context("encoding records for another process")?;
+            rmp_serde::encode::write_named(buf, &WireRecords(records))
+                .context("encoding records for another process")?;
         }
         StreamElement::Watermark(w) => {
             buf.push(WATERMARK);
@@ -62,13 +70,17 @@ pub(crate) fn encode<T: Serialize>(el: &StreamElement<T>, buf: &mut Vec<u8>) -> 
     Ok(())
 }
 
-/// Decodes one element encoded by [`encode`].
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<StreamElement<T>> {
+/// Decodes one element encoded by [`encode`]. A batch's records go into `spare` (emptied
+/// first), so a receiving task that hands its emptied batches back decodes without allocating
+/// the batch's vector each time.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], mut spare: Vec<Record<T>>) -> Result<StreamElement<T>> {
     let Some((&tag, rest)) = bytes.split_first() else { bail!("an empty element from another process") };
     Ok(match tag {
         BATCH => {
-            let WireBatch(records) = rmp_serde::from_slice(rest).context("decoding records from another process")?;
-            StreamElement::Batch(records)
+            spare.clear();
+            let mut de = rmp_serde::Deserializer::from_read_ref(rest);
+            Records(&mut spare).deserialize(&mut de).context("decoding records from another process")?;
+            StreamElement::Batch(spare)
         }
         WATERMARK => StreamElement::Watermark(i64::from_le_bytes(fixed(rest, 0)?)),
         IDLE => StreamElement::Idle,
@@ -90,26 +102,27 @@ fn fixed(b: &[u8], at: usize) -> Result<[u8; 8]> {
     b.get(at..at + 8).and_then(|s| s.try_into().ok()).context("a truncated element from another process")
 }
 
-/// Decodes a batch straight into records (no intermediate vector of pairs).
-struct WireBatch<T>(Vec<Record<T>>);
+/// Decodes a batch straight into a vector of records (no intermediate vector of pairs).
+struct Records<'a, T>(&'a mut Vec<Record<T>>);
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for WireBatch<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Records<T>(PhantomData<fn() -> T>);
-        impl<'de, T: DeserializeOwned> Visitor<'de> for Records<T> {
-            type Value = WireBatch<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a sequence of [ts, value] pairs")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some((ts, value)) = seq.next_element::<(Option<i64>, T)>()? {
-                    out.push(Record { ts, value });
-                }
-                Ok(WireBatch(out))
-            }
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Records<'_, T> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for Records<'_, T> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sequence of [ts, value] pairs")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.reserve(seq.size_hint().unwrap_or(0));
+        while let Some((ts, value)) = seq.next_element::<(Option<i64>, T)>()? {
+            self.0.push(Record { ts, value });
         }
-        d.deserialize_seq(Records(PhantomData))
+        Ok(())
     }
 }
 
@@ -128,7 +141,7 @@ mod tests {
     fn round_trip(el: StreamElement<Bid>) -> StreamElement<Bid> {
         let mut buf = Vec::new();
         encode(&el, &mut buf).unwrap();
-        decode(&buf).unwrap()
+        decode(&buf, Vec::new()).unwrap()
     }
 
     #[test]
@@ -153,11 +166,27 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_decoded_into_a_used_vector_holds_only_its_own_records() {
+        let records = vec![Record::new(Some(1), Bid { auction: 9, note: None })];
+        let mut buf = Vec::new();
+        encode(&StreamElement::Batch(records.clone()), &mut buf).unwrap();
+        let mut spare = Vec::with_capacity(64);
+        spare.push(Record::new(None, Bid { auction: 1, note: Some("stale".into()) }));
+        match decode(&buf, spare).unwrap() {
+            StreamElement::Batch(got) => {
+                assert_eq!(got, records);
+                assert!(got.capacity() >= 64, "the spare vector was used");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(decode::<Bid>(&[]).is_err());
-        assert!(decode::<Bid>(&[9]).is_err());
-        assert!(decode::<Bid>(&[WATERMARK, 1, 2]).is_err());
-        assert!(decode::<Bid>(&[BARRIER, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(decode::<Bid>(&[BATCH, 0xc1]).is_err());
+        assert!(decode::<Bid>(&[], Vec::new()).is_err());
+        assert!(decode::<Bid>(&[9], Vec::new()).is_err());
+        assert!(decode::<Bid>(&[WATERMARK, 1, 2], Vec::new()).is_err());
+        assert!(decode::<Bid>(&[BARRIER, 0, 0, 0, 0, 0, 0, 0, 0], Vec::new()).is_err());
+        assert!(decode::<Bid>(&[BATCH, 0xc1], Vec::new()).is_err());
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! A data frame's body is built by the sending task itself, header included (see
 //! [`data_frame`]), so an encoded batch is written to the socket without another copy, and the
-//! receiving task decodes straight from the frame ([`DATA_AT`]).
+//! receiving task decodes straight from the frame ([`DATA_AT`]). Data frame bodies come from and
+//! go back to the connection's [`BufferPool`]s.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::buffers::BufferPool;
 
 const HELLO: u8 = 0;
 const DATA: u8 = 1;
@@ -53,9 +56,9 @@ pub(crate) enum Frame {
     Goodbye,
 }
 
-/// An empty data frame body for `channel`; the element is appended to it.
-pub(crate) fn data_frame(channel: u64, capacity: usize) -> Vec<u8> {
-    let mut body = Vec::with_capacity(DATA_AT + capacity);
+/// Makes `body` (an empty buffer) a data frame body for `channel`; the element is appended to it.
+pub(crate) fn data_frame(channel: u64, mut body: Vec<u8>) -> Vec<u8> {
+    body.clear();
     body.push(DATA);
     body.extend_from_slice(&channel.to_le_bytes());
     body
@@ -91,8 +94,9 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame)
     Ok(())
 }
 
-/// Reads one frame; `None` when the peer closed the connection between frames.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
+/// Reads one frame into a buffer of `buffers`; `None` when the peer closed the connection
+/// between frames.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buffers: &BufferPool) -> Result<Option<Frame>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -103,8 +107,13 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option
     if len == 0 || len > MAX_FRAME {
         bail!("a frame of {len} bytes (corrupt stream?)");
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.context("reading a frame")?;
+    // Read into the buffer's spare capacity: a reused buffer is neither zeroed nor grown.
+    let mut body = buffers.take();
+    body.reserve(len);
+    let got = r.take(len as u64).read_to_end(&mut body).await.context("reading a frame")?;
+    if got < len {
+        bail!("a frame of {len} bytes ended after {got}");
+    }
     Ok(Some(match body[0] {
         DATA if len >= DATA_AT => Frame::Data(body),
         HELLO => Frame::Hello(serde_json::from_slice(&body[1..]).context("decoding a hello")?),
@@ -129,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_a_clean_close_reads_as_none() {
         let hello = Hello { job: "j".into(), process: 1, processes: 3, fingerprint: 42, restore: Some(4) };
-        let mut data = data_frame(77, 3);
+        let mut data = data_frame(77, Vec::new());
         data.extend_from_slice(b"abc");
         let frames = vec![
             Frame::Hello(hello.clone()),
@@ -144,26 +153,47 @@ mod tests {
             write_frame(&mut wire, f).await.unwrap();
         }
         let mut r = &wire[..];
-        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Hello(h)) if h == hello));
-        match read_frame(&mut r).await.unwrap() {
+        let pool = BufferPool::default();
+        assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Hello(h)) if h == hello));
+        match read_frame(&mut r, &pool).await.unwrap() {
             Some(Frame::Data(body)) => {
                 assert_eq!(data_channel(&body), 77);
                 assert_eq!(&body[DATA_AT..], b"abc");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Credit { channel: 77, n: 5 })));
-        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Heartbeat)));
-        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Control(m)) if m == b"{}"));
-        assert!(matches!(read_frame(&mut r).await.unwrap(), Some(Frame::Goodbye)));
-        assert!(read_frame(&mut r).await.unwrap().is_none());
+        assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Credit { channel: 77, n: 5 })));
+        assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Heartbeat)));
+        assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Control(m)) if m == b"{}"));
+        assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Goodbye)));
+        assert!(read_frame(&mut r, &pool).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_read_into_a_reused_buffer_holds_only_its_own_bytes() {
+        let pool = BufferPool::default();
+        let mut wire = Vec::new();
+        for payload in [&b"a longer first payload"[..], b"xy"] {
+            let mut data = data_frame(5, pool.take());
+            data.extend_from_slice(payload);
+            write_frame(&mut wire, &Frame::Data(data)).await.unwrap();
+        }
+        let mut r = &wire[..];
+        let Some(Frame::Data(first)) = read_frame(&mut r, &pool).await.unwrap() else { panic!("a data frame") };
+        assert_eq!(&first[DATA_AT..], b"a longer first payload");
+        let capacity = first.capacity();
+        pool.give(first);
+        let Some(Frame::Data(second)) = read_frame(&mut r, &pool).await.unwrap() else { panic!("a data frame") };
+        assert_eq!(&second[DATA_AT..], b"xy");
+        assert_eq!(data_channel(&second), 5);
+        assert_eq!(second.capacity(), capacity, "the first frame's buffer was reused");
     }
 
     #[tokio::test]
     async fn a_corrupt_length_or_kind_fails_the_read() {
-        assert!(read_frame(&mut &[0u8, 0, 0, 0][..]).await.is_err());
-        assert!(read_frame(&mut &[255u8, 255, 255, 255][..]).await.is_err());
-        assert!(read_frame(&mut &[1u8, 0, 0, 0, 99][..]).await.is_err());
-        assert!(read_frame(&mut &[5u8, 0, 0, 0, 1][..]).await.is_err(), "a truncated frame");
+        assert!(read_frame(&mut &[0u8, 0, 0, 0][..], &BufferPool::default()).await.is_err());
+        assert!(read_frame(&mut &[255u8, 255, 255, 255][..], &BufferPool::default()).await.is_err());
+        assert!(read_frame(&mut &[1u8, 0, 0, 0, 99][..], &BufferPool::default()).await.is_err());
+        assert!(read_frame(&mut &[5u8, 0, 0, 0, 1][..], &BufferPool::default()).await.is_err(), "a truncated frame");
     }
 }

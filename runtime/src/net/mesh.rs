@@ -17,6 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::buffers::BufferPool;
 use super::channel::{Credits, RemoteRx, RemoteTx};
 use super::frame::{data_channel, read_frame, write_frame, Frame, Hello};
 use crate::metrics::ChannelStats;
@@ -56,6 +57,12 @@ pub(crate) struct Link {
     peer_done: AtomicBool,
     /// The connection failed.
     down: AtomicBool,
+    /// Buffers of the data frames this process sends to the peer: taken by the encoding task,
+    /// returned by the writer once written.
+    pub(crate) sent: BufferPool,
+    /// Buffers of the data frames the peer sends: taken by the reader, returned by the decoding
+    /// task.
+    pub(crate) received: BufferPool,
 }
 
 impl Link {
@@ -111,6 +118,8 @@ impl Mesh {
                         credits: Mutex::default(),
                         peer_done: AtomicBool::new(false),
                         down: AtomicBool::new(false),
+                        sent: BufferPool::default(),
+                        received: BufferPool::default(),
                     })
                 })
             })
@@ -311,7 +320,7 @@ async fn connect_lower(peers: &[String], hello: &Hello, on_peer: OnPeer<'_>) -> 
 async fn handshake(s: &mut TcpStream, ours: &Hello) -> Result<Hello> {
     write_frame(s, &Frame::Hello(ours.clone())).await?;
     s.flush().await?;
-    let theirs = match tokio::time::timeout(Duration::from_secs(10), read_frame(s)).await {
+    let theirs = match tokio::time::timeout(Duration::from_secs(10), read_frame(s, &BufferPool::default())).await {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(_)) => bail!("the peer did not say hello"),
         Ok(Err(e)) => return Err(e),
@@ -372,10 +381,14 @@ async fn write_loop(w: OwnedWriteHalf, mut rx: UnboundedReceiver<Frame>, fail: F
                     // Everything queued goes out before one flush.
                     loop {
                         write_frame(&mut w, &f).await?;
-                        if matches!(f, Frame::Goodbye) {
-                            w.flush().await?;
-                            w.shutdown().await?;
-                            return Ok(());
+                        match f {
+                            Frame::Data(body) => fail.link.sent.give(body),
+                            Frame::Goodbye => {
+                                w.flush().await?;
+                                w.shutdown().await?;
+                                return Ok(());
+                            }
+                            _ => {}
                         }
                         match rx.try_recv() {
                             Ok(next) => f = next,
@@ -419,7 +432,7 @@ impl Reader {
         let inbound = std::mem::take(&mut *self.link.inbound.lock());
         let credits = self.link.credits.lock().clone();
         loop {
-            let frame = match tokio::time::timeout(self.timeout, read_frame(&mut r)).await {
+            let frame = match tokio::time::timeout(self.timeout, read_frame(&mut r, &self.link.received)).await {
                 Ok(Ok(Some(f))) => f,
                 Ok(Ok(None)) => {
                     self.fail.fail(anyhow!("it closed the connection without a goodbye"));

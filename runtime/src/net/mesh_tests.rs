@@ -39,7 +39,7 @@ fn pair(register: impl FnOnce(&Mesh, &Mesh), timeout_of_a: Duration) -> (Mesh, M
 }
 
 fn element(channel: u64, n: u32) -> Vec<u8> {
-    let mut body = data_frame(channel, 4);
+    let mut body = data_frame(channel, Vec::new());
     body.extend_from_slice(&n.to_le_bytes());
     body
 }

@@ -9,11 +9,12 @@
 //!    connection of that process pair ([`mesh`]): the producing task encodes each element
 //!    ([`codec`]) into a data frame ([`frame`]) and queues it once it holds a credit; the
 //!    connection's reader puts the frame on the consuming task's queue, which decodes it and
-//!    returns the credit ([`channel`]). Elements of one channel arrive in order, so barriers,
+//!    returns the credit ([`channel`]). Frame buffers are recycled per connection ([`buffers`]). Elements of one channel arrive in order, so barriers,
 //!    watermarks and end-of-input mean what they mean locally.
 //! 3. **Failure** is fail-stop: a connection closed without a goodbye, a peer silent for
 //!    `--peer-timeout` or a protocol error fails the job in every process.
 
+pub(crate) mod buffers;
 pub(crate) mod channel;
 pub(crate) mod codec;
 pub(crate) mod frame;
