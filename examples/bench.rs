@@ -193,19 +193,27 @@ fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
         "\nLarge state ({} MiB of values in `keyed_state`, parallelism 2, checkpoints every 2 s; restarts after SIGKILL, median of {}):\n",
         cli.restore_mib, cli.runs
     );
-    println!("| checkpoints on | state MiB | checkpoint p50 ms | checkpoint p99 ms | incremental p50 MiB | restart to first record, same machine s | restart, new machine s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| checkpoints on | state MiB | checkpoint p50 ms | checkpoint p99 ms | incremental p50 MiB | restart to first record, same machine s | same, page cache dropped s | same, dropped, every file read s | restart, new machine s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cold = |v: Vec<f64>| if v.is_empty() { "-".to_string() } else { format!("{:.2}", median(v)) };
+    let mut no_cold = false;
     for r in rows {
+        no_cold |= r.cold_s.is_empty();
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {} | {:.2} |",
             r.label,
             r.state_mib,
             percentile(r.durations_ms.clone(), 0.5),
             percentile(r.durations_ms, 0.99),
             percentile(r.incremental_mib, 0.5),
             median(r.same_machine_s),
+            cold(r.cold_s),
+            cold(r.cold_unstamped_s),
             median(r.new_machine_s),
         );
+    }
+    if no_cold {
+        println!("\n(\"-\": the page cache could not be dropped here; that needs root.)");
     }
     Ok(())
 }

@@ -413,7 +413,12 @@ fn paths_that_are_not_snapshots_get_one_line_errors() {
     copy_dir(&job.join("chk-1"), &job.join("chk-7"));
     let meta = std::fs::read_to_string(job.join("chk-7/_metadata")).unwrap();
     std::fs::write(job.join("chk-7/_metadata"), meta.replacen("\"lines\"", "\"linez\"", 1)).unwrap();
-    let state = std::fs::read_dir(job.join("chk-2/lines-0")).unwrap().next().unwrap().unwrap().path();
+    // (A file the metadata lists, not the stamps kept beside them.)
+    let state = std::fs::read_dir(job.join("chk-2/lines-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('_'))
+        .unwrap();
     let len = std::fs::metadata(&state).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&state).unwrap().set_len(len / 2).unwrap();
     std::fs::create_dir_all(dir.path().join("empty")).unwrap();

@@ -204,6 +204,8 @@ fn restores_download_verify_and_skip_what_is_broken_on_the_store() {
     let big = second.files().find(|f| f.path.ends_with("big.sst")).unwrap();
     assert_eq!(big.size, 20 << 20);
     assert_eq!(std::fs::metadata(machine.path().join(&big.path)).unwrap().len(), big.size, "the big file, whole");
+    // Checked while they streamed in and stamped: verifying them again reads none.
+    assert_eq!(weir::checkpoint::metadata::verify_reading(&latest.meta, machine.path()).unwrap(), 0);
 
     // Corrupt that SST on the store: a new machine falls back to checkpoint 1 ...
     bucket.put(&format!("chk/race/{only_second}"), b"garbage");

@@ -1,7 +1,8 @@
 //! Checkpoint and savepoint storage of weir (the `weir` command-line tool that reads it is in the
 //! top-level package).
 //!
-//! * [`metadata`]: the versioned `_metadata` format with checksums, and verification.
+//! * [`metadata`]: the versioned `_metadata` format with checksums, and verification (which
+//!   skips the files this machine checksummed and nobody wrote since: `stamps.rs`).
 //! * [`storage`]: the layout of a job's checkpoint directory, incremental shared files,
 //!   retention, and savepoint copies.
 //! * [`commit`]: the commit point, and the chain of commits that keeps a stale coordinator
@@ -20,6 +21,7 @@ pub mod metadata;
 pub mod open;
 pub mod remote;
 mod retention;
+mod stamps;
 pub mod storage;
 pub mod upload;
 

@@ -179,13 +179,16 @@ impl CheckpointStorage {
             return Ok(false);
         }
         let meta = parse_metadata(&text, &format!("{}/{key}", remote.url()))?;
-        // Every file is checked here, the kept ones by reading them and the downloaded ones as they
-        // stream in, so the restore loads the checkpoint without reading its files again.
+        // Every file is checked here, the kept ones by their stamps (see `stamps.rs`) or by reading
+        // them, the downloaded ones as they stream in, so the restore loads the checkpoint without
+        // reading its files again.
+        let unchanged = crate::stamps::unchanged(&meta, &self.base);
         let missing: Vec<(String, PathBuf, u64, String)> = meta
             .files()
             .filter(|f| {
                 let local = self.base.join(&f.path);
-                !checksum_file(&local).is_ok_and(|(size, sum)| size == f.size && sum == f.xxh3)
+                !unchanged.contains(&f.path)
+                    && !checksum_file(&local).is_ok_and(|(size, sum)| size == f.size && sum == f.xxh3)
             })
             .map(|f| (f.path.clone(), self.base.join(&f.path), f.size, f.xxh3.clone()))
             .collect();
@@ -193,6 +196,8 @@ impl CheckpointStorage {
             tracing::info!(checkpoint = id, files = missing.len(), from = remote.url(), "downloading a checkpoint");
         }
         remote.download(missing)?;
+        // All checked now: the next restore on this machine reads none of them.
+        crate::stamps::record_checkpoint(&meta, &self.base);
         let dir = self.chk_dir(id);
         std::fs::create_dir_all(&dir)?;
         write_atomic(&dir.join(METADATA_FILE), text.as_bytes())?;
@@ -255,6 +260,7 @@ impl CheckpointStorage {
             }
             None => None,
         };
+        crate::stamps::record(&private, &self.base, &files.iter().chain(state.iter()).collect::<Vec<_>>());
         if let Some(remote) = &self.remote {
             remote.upload(placed)?;
         }

@@ -31,6 +31,12 @@ pub struct RestoreRow {
     pub incremental_mib: Vec<f64>,
     /// Restarts on the machine that ran the job (its state directory kept).
     pub same_machine_s: Vec<f64>,
+    /// The same after dropping the page cache (as after a reboot): empty where it cannot be
+    /// dropped (not root).
+    pub cold_s: Vec<f64>,
+    /// Cold, with the checkpoint's stamps put aside, so that verifying it reads every file (what
+    /// every restore did before stamps).
+    pub cold_unstamped_s: Vec<f64>,
     /// Restarts on an empty state directory (a new machine).
     pub new_machine_s: Vec<f64>,
 }
@@ -137,26 +143,64 @@ pub fn measure(exe: &Path, work: &Path, target: &Target, state_mib: u64, restart
         durations_ms: after.iter().map(|c| c.duration_ms).collect(),
         incremental_mib: after.iter().map(|c| mib(c.incremental_bytes)).collect(),
         same_machine_s: Vec::new(),
+        cold_s: Vec::new(),
+        cold_unstamped_s: Vec::new(),
         new_machine_s: Vec::new(),
     };
+    let restart = |dir: &Path| -> Result<f64> {
+        let t = Instant::now();
+        let mut job = Job::start(exe, &args, dir, "latest")?;
+        wait_for(&mut job, Duration::from_secs(600), |n| n > 0, "the first record after the restore")?;
+        let secs = t.elapsed().as_secs_f64();
+        job.kill()?;
+        Ok(secs)
+    };
     for r in 0..restarts {
-        for new_machine in [false, true] {
-            let dir = if new_machine { state(&format!("new-{r}")) } else { state("first") };
-            let t = Instant::now();
-            let mut job = Job::start(exe, &args, &dir, "latest")?;
-            wait_for(&mut job, Duration::from_secs(600), |n| n > 0, "the first record after the restore")?;
-            let secs = t.elapsed().as_secs_f64();
-            job.kill()?;
-            if new_machine {
-                row.new_machine_s.push(secs);
-                let _ = std::fs::remove_dir_all(&dir);
-            } else {
-                row.same_machine_s.push(secs);
+        row.same_machine_s.push(restart(&state("first"))?);
+        if drop_page_cache() {
+            row.cold_s.push(restart(&state("first"))?);
+            let aside = set_stamps_aside(work, true)?;
+            let dropped = drop_page_cache();
+            let unstamped = restart(&state("first"));
+            set_stamps_aside(work, false)?;
+            if dropped {
+                row.cold_unstamped_s.push(unstamped?);
             }
+            eprintln!("{}: restart {r}: {aside} stamps files put aside for the unstamped restart", target.label);
         }
+        let dir = state(&format!("new-{r}"));
+        row.new_machine_s.push(restart(&dir)?);
+        let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir_all(state("first"));
     Ok(row)
+}
+
+/// Writes back dirty pages and drops the page cache, so the next restart reads from the disk;
+/// false where that is not allowed.
+fn drop_page_cache() -> bool {
+    let synced = Command::new("sync").status().is_ok_and(|s| s.success());
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Renames every `_stamps` file under `dir` to `_stamps.aside` (or back): how many it renamed.
+fn set_stamps_aside(dir: &Path, aside: bool) -> Result<usize> {
+    let (from, to) = if aside { ("_stamps", "_stamps.aside") } else { ("_stamps.aside", "_stamps") };
+    let mut n = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            } else if e.file_name() == from {
+                std::fs::rename(&path, path.with_file_name(to))?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Polls the job until `done(processed records)`; returns how long that took.

@@ -100,7 +100,7 @@ impl Mesh {
             bail!("process index {} is not below the number of processes, {}", cfg.index, cfg.peers.len());
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("weir-net")
             .enable_all()
             .build()
