@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 /// Percentiles of one run.
 pub struct Latency {
     pub rows: f64,
+    /// Checkpoints completed while measuring.
+    pub checkpoints: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
@@ -49,23 +51,33 @@ fn quantile(b: &[(f64, f64)], p: f64) -> f64 {
 /// Runs `job` live at `rate` bids/s (parallelism 2, checkpoints every `interval`) for `secs`,
 /// without out-of-orderness (a window closes at its end), and reads the window sink's latency
 /// histogram just before stopping it; the first `warmup` seconds are subtracted.
-pub fn run(job: &Path, dir: &Path, rate: u64, secs: u64, interval: &str) -> Result<Latency> {
+///
+/// Windows are 1.3 s long, so that their ends fall at every phase of a 1 s checkpoint cycle: with
+/// 1 s windows every row of a run would meet the checkpoints at the same phase, and a run would
+/// measure that phase (its luck), not the distribution.
+pub fn run(job: &Path, dir: &Path, rate: u64, secs: u64, interval: &str, min_pause: &str) -> Result<Latency> {
     let addr = super::control::free_local_addr()?;
     let mut child = Command::new(job)
         .args(["--generate", &(rate * (secs + 60)).to_string(), "--rate", &rate.to_string(), "--live"])
-        .args(["--max-delay-ms", "0", "--window", "1s", "-p", "2", "--progress-interval", "0s"])
+        .args(["--max-delay-ms", "0", "--window", "1300ms", "-p", "2", "--progress-interval", "0s"])
         .arg("--output")
         .arg(dir.join("out"))
         .arg("--checkpoint-dir")
         .arg(dir.join("chk"))
-        .args(["--checkpoint-interval", interval, "--metrics-addr", &addr])
+        .args(["--checkpoint-interval", interval, "--min-pause", min_pause, "--metrics-addr", &addr])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting auction_windows")?;
-    let scrape = || -> Result<Vec<(f64, f64)>> {
+    // The sink's latency buckets, and the checkpoints completed so far.
+    let scrape = || -> Result<(Vec<(f64, f64)>, f64)> {
         let text = ureq::get(&format!("http://{addr}/metrics")).call()?.into_string()?;
-        Ok(buckets(&text, "weir_commit_latency_ms", "window-sink"))
+        let completed = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_checkpoints_total{status=\"completed\"} "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0.0);
+        Ok((buckets(&text, "weir_commit_latency_ms", "window-sink"), completed))
     };
     let started = Instant::now();
     let warm = loop {
@@ -81,7 +93,7 @@ pub fn run(job: &Path, dir: &Path, rate: u64, secs: u64, interval: &str) -> Resu
     let end = scrape();
     let _ = child.kill();
     let _ = child.wait();
-    let end = end?;
+    let ((end, end_checkpoints), (warm, warm_checkpoints)) = (end?, warm);
     // What committed after the warm-up: the end's cumulative counts minus the warm-up's.
     let diff: Vec<(f64, f64)> =
         end.iter().map(|(le, n)| (*le, n - warm.iter().find(|(l, _)| l == le).map_or(0.0, |w| w.1))).collect();
@@ -89,7 +101,12 @@ pub fn run(job: &Path, dir: &Path, rate: u64, secs: u64, interval: &str) -> Resu
     if rows == 0.0 {
         bail!("no rows committed in {secs} s");
     }
-    Ok(Latency { rows, p50_ms: quantile(&diff, 0.5), p99_ms: quantile(&diff, 0.99) })
+    Ok(Latency {
+        rows,
+        checkpoints: end_checkpoints - warm_checkpoints,
+        p50_ms: quantile(&diff, 0.5),
+        p99_ms: quantile(&diff, 0.99),
+    })
 }
 
 #[cfg(test)]

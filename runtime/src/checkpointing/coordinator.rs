@@ -193,7 +193,12 @@ pub(crate) struct CheckpointCoordinator {
     layout: JobLayout,
     next_id: u64,
     pending: Option<PendingCheckpoint>,
-    /// When the last checkpoint ended (or the coordinator started): the interval counts from here.
+    /// When the last checkpoint was triggered (or the coordinator started): the interval counts
+    /// from here, trigger to trigger, as in Flink, so that a record waits at most one interval
+    /// for its checkpoint's barrier however long checkpoints take.
+    last_trigger: Instant,
+    /// When the last checkpoint ended (or the coordinator started): the minimum pause counts
+    /// from here.
     last_end: Instant,
     failures: FailureManager,
     sources_ended: usize,
@@ -211,6 +216,7 @@ impl CheckpointCoordinator {
             layout,
             next_id: first_id,
             pending: None,
+            last_trigger: now,
             last_end: now,
             failures,
             sources_ended: 0,
@@ -239,14 +245,18 @@ impl CheckpointCoordinator {
         self.sources_ended += 1;
     }
 
-    /// The barrier to inject now, if a checkpoint is due: the interval passed (and the minimum
-    /// pause), every source ended (the terminal checkpoint), or a savepoint or stop was asked for.
+    /// The barrier to inject now, if a checkpoint is due: the interval passed since the last
+    /// trigger and the minimum pause since the last end (a checkpoint that took longer than the
+    /// interval is followed at once, unless a pause is asked for), every source ended (the
+    /// terminal checkpoint), or a savepoint or stop was asked for.
     pub(crate) fn trigger(&mut self, now: Instant) -> Option<CheckpointBarrier> {
         if self.pending.is_some() || self.terminal_done {
             return None;
         }
+        let since_trigger = now.saturating_duration_since(self.last_trigger);
         let since_end = now.saturating_duration_since(self.last_end);
-        let interval_due = self.config.interval.is_some_and(|iv| since_end >= iv.max(self.config.min_pause));
+        let interval_due =
+            self.config.interval.is_some_and(|iv| since_trigger >= iv && since_end >= self.config.min_pause);
         let all_ended = self.sources_ended >= self.layout.source_subtasks;
         let want_savepoint = !self.savepoint_waiters.is_empty() || self.stop_requested;
         if !(interval_due || all_ended || want_savepoint) {
@@ -259,6 +269,7 @@ impl CheckpointCoordinator {
             terminal: all_ended || self.stop_requested,
         };
         self.next_id += 1;
+        self.last_trigger = now;
         self.pending = Some(PendingCheckpoint {
             barrier,
             started: now,

@@ -60,9 +60,14 @@ fn triggers_after_the_interval_one_checkpoint_at_a_time() {
     assert!(c.trigger(t0 + 30 * S).is_none(), "one checkpoint in flight at a time");
     store_all(&mut c, 5, t0 + 11 * S);
     c.completed(5, None, 100, t0 + 12 * S).expect("pending");
-    // The interval counts from the end of the last checkpoint.
-    assert!(c.trigger(t0 + 21 * S).is_none());
-    assert_eq!(c.trigger(t0 + 22 * S).map(|b| b.id), Some(6));
+    // The interval counts from trigger to trigger (as in Flink), not from the end.
+    assert!(c.trigger(t0 + 19 * S).is_none());
+    assert_eq!(c.trigger(t0 + 20 * S).map(|b| b.id), Some(6));
+    // A checkpoint longer than the interval is followed as soon as it ends.
+    store_all(&mut c, 6, t0 + 32 * S);
+    assert!(c.trigger(t0 + 32 * S).is_none(), "one checkpoint in flight at a time");
+    c.completed(6, None, 100, t0 + 33 * S).expect("pending");
+    assert_eq!(c.trigger(t0 + 33 * S).map(|b| b.id), Some(7));
 }
 
 #[test]
@@ -72,6 +77,11 @@ fn the_minimum_pause_stretches_a_short_interval() {
     let mut c = CheckpointCoordinator::new(cfg, layout(), 1, t0);
     assert!(c.trigger(t0 + 4 * S).is_none());
     assert!(c.trigger(t0 + 5 * S).is_some());
+    store_all(&mut c, 1, t0 + 6 * S);
+    c.completed(1, None, 100, t0 + 7 * S).expect("pending");
+    // The interval passed long ago; the pause counts from the end.
+    assert!(c.trigger(t0 + 11 * S).is_none());
+    assert_eq!(c.trigger(t0 + 12 * S).map(|b| b.id), Some(2));
 }
 
 #[test]
