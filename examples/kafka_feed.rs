@@ -7,15 +7,17 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use weir::checkpoint::location::local_path;
 use weir::nexmark::{Event, NexmarkConfig};
 use weir::operators::sources::nexmark::{bid_event_number, generate_event};
@@ -48,6 +50,28 @@ struct Cli {
     key_field: Option<String>,
 }
 
+/// Counts records the broker did not take (librdkafka reports them only to a delivery callback),
+/// so that the feed fails instead of leaving a topic with holes.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let admin: AdminClient<DefaultClientContext> =
@@ -63,8 +87,14 @@ fn main() -> Result<()> {
             Err((t, e)) => bail!("creating topic {t}: {e}"),
         }
     }
-    let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", &cli.brokers).set("linger.ms", "10").create()?;
+    // Idempotent: a batch retried after a timeout or a leader change (a topic just created, a
+    // loaded broker) is neither written twice nor overtaken by the next batch, so the records of
+    // a key stay in file order, which jobs that compare consecutive records rely on.
+    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", &cli.brokers)
+        .set("linger.ms", "10")
+        .set("enable.idempotence", "true")
+        .create_with_context(Deliveries::default())?;
     let mut sent = 0u64;
     let mut send = |key: Option<String>, value: String| -> Result<()> {
         let mut rec = BaseRecord::<String, String>::to(&cli.topic).payload(&value);
@@ -117,6 +147,11 @@ fn main() -> Result<()> {
         }
     }
     producer.flush(Duration::from_secs(60))?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = producer.context().first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
+        bail!("{failed} of {sent} records were not delivered to {} (first error: {first})", cli.topic);
+    }
     eprintln!("sent {sent} records to {}", cli.topic);
     Ok(())
 }
