@@ -285,17 +285,25 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
         let off = cli.checkpoint_bids as f64 / median(secs[if k < ours { 0 } else { ours }].clone());
         let rate = cli.checkpoint_bids as f64 / median(secs[k].clone());
         let (d, s, i) = stats[k].clone();
+        // "-" where there is nothing to take a percentile of (the run without checkpoints).
+        let show = |v: Vec<f64>, p: f64, digits: usize| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.*}", digits, percentile(v, p))
+            }
+        };
         println!(
-            "| {} | {rate:.0} | {:+.1} % | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {rate:.0} | {:+.1} % | {:.1} | {} | {} | {} | {} | {} | {} |",
             label,
             (rate / off - 1.0) * 100.0,
             d.len() as f64 / cli.runs as f64,
-            percentile(d.clone(), 0.5),
-            percentile(d, 1.0),
-            percentile(sync[k].clone(), 0.5),
-            percentile(sync[k].clone(), 0.99),
-            percentile(s, 0.5),
-            percentile(i, 0.5),
+            show(d.clone(), 0.5, 0),
+            show(d, 1.0, 0),
+            show(sync[k].clone(), 0.5, 1),
+            show(sync[k].clone(), 0.99, 1),
+            show(s, 0.5, 1),
+            show(i, 0.5, 1),
         );
     }
     Ok(())
