@@ -49,6 +49,7 @@ impl CheckpointStorage {
             let dir = self.chk_dir(*id);
             std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
         }
+        self.taken.retain(|path| referenced.contains(path));
         for e in std::fs::read_dir(self.base.join("shared"))? {
             let e = e?;
             let rel = format!("shared/{}", e.file_name().to_string_lossy());

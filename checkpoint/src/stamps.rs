@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,47 @@ pub(crate) fn record(dir: &Path, base: &Path, files: &[&FileRef]) {
             Some(Stamped { path: f.path.clone(), xxh3: f.xxh3.clone(), stamp })
         })
         .collect();
+    write(dir, stamped);
+}
+
+/// The stamps a storing process took right after it checksummed each file, by path. A subtask's
+/// stamps file lists the shared files of earlier checkpoints too, and a stamp taken then could
+/// vouch for bytes written after the checksum; so only these are recorded.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Taken(Arc<Mutex<HashMap<String, Stamp>>>);
+
+impl Taken {
+    /// Stamps `f` (relative to `base`), whose checksum was just computed.
+    pub(crate) fn take(&self, base: &Path, f: &FileRef) {
+        if let (Some(stamp), Ok(mut taken)) =
+            (stamp_of(&base.join(&f.path)).filter(|s| s.size == f.size), self.0.lock())
+        {
+            taken.insert(f.path.clone(), stamp);
+        }
+    }
+
+    /// Records in `dir` the stamps taken of `files` (the others will be read to verify them),
+    /// then forgets those of files outside `shared/`, which no later checkpoint references.
+    pub(crate) fn record(&self, dir: &Path, files: &[&FileRef]) {
+        let Ok(mut taken) = self.0.lock() else { return };
+        let stamped = files
+            .iter()
+            .filter_map(|f| Some(Stamped { path: f.path.clone(), xxh3: f.xxh3.clone(), stamp: *taken.get(&f.path)? }))
+            .collect();
+        taken.retain(|path, _| path.starts_with("shared/"));
+        drop(taken);
+        write(dir, stamped);
+    }
+
+    /// Forgets the stamps of shared files `keep` does not want (deleted by retention).
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut taken) = self.0.lock() {
+            taken.retain(|path, _| keep(path));
+        }
+    }
+}
+
+fn write(dir: &Path, stamped: Vec<Stamped>) {
     if stamped.is_empty() {
         return;
     }
@@ -213,6 +255,24 @@ mod tests {
         assert_eq!(verify_reading(&meta, storage.base()).unwrap(), 0, "every file stamped when stored");
         let loaded = storage.latest_valid().unwrap().expect("checkpoint 4");
         assert_eq!(loaded.meta.checkpoint_id, 4);
+
+        // The shared file written between two checkpoints (same size): the next checkpoint reuses
+        // it unread, and its stamps must not vouch for the new bytes.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let shared = meta.files().find(|f| f.path.starts_with("shared/")).unwrap().path.clone();
+        std::fs::write(dir.path().join("job").join(&shared), b"SST bytes".repeat(1000)).unwrap();
+        storage.reserve(5).unwrap();
+        let (files, state) = storage.upload_subtask(5, "op", 0, "r1", Some(db.path()), None, &mut known).unwrap();
+        let next = CheckpointMetadata {
+            checkpoint_id: 5,
+            operators: vec![OperatorSnapshot {
+                subtasks: vec![SubtaskSnapshot { keyed_files: files, operator_state: state, ..stored_subtask() }],
+                ..stored_operator()
+            }],
+            ..meta.clone()
+        };
+        let err = verify_reading(&next, storage.base()).unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains(&shared), "{err}");
     }
 
     fn stored_operator() -> OperatorSnapshot {

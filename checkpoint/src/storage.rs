@@ -31,6 +31,7 @@ use crate::metadata::{
     LoadedSnapshot, SnapshotKind, SubtaskSnapshot, Tombstone, METADATA_FILE,
 };
 use crate::remote::Remote;
+use crate::stamps::Taken;
 
 /// The object that reserves a checkpoint id on an object store.
 const RESERVED_FILE: &str = "_reserved";
@@ -43,10 +44,13 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn file_ref(base: &Path, path: &Path) -> Result<FileRef> {
+/// The reference of `path` (under `base`), checksummed, and stamped in `taken` right after.
+fn file_ref(base: &Path, path: &Path, taken: &Taken) -> Result<FileRef> {
     let (size, xxh3) = checksum_file(path)?;
     let rel = path.strip_prefix(base).with_context(|| format!("{} is outside {}", path.display(), base.display()))?;
-    Ok(FileRef { path: rel.to_string_lossy().into_owned(), size, xxh3 })
+    let f = FileRef { path: rel.to_string_lossy().into_owned(), size, xxh3 };
+    taken.take(base, &f);
+    Ok(f)
 }
 
 /// The checkpoints of one job.
@@ -56,6 +60,8 @@ pub struct CheckpointStorage {
     pub(crate) base: PathBuf,
     /// The job's prefix on an object store.
     pub(crate) remote: Option<Remote>,
+    /// Stamps of the files this process checksummed as it stored them (see `stamps.rs`).
+    pub(crate) taken: Taken,
 }
 
 impl CheckpointStorage {
@@ -63,7 +69,7 @@ impl CheckpointStorage {
     pub fn new(checkpoint_dir: &Path, job: &str) -> Result<Self> {
         let base = checkpoint_dir.join(job);
         std::fs::create_dir_all(base.join("shared")).with_context(|| format!("creating {}", base.display()))?;
-        Ok(CheckpointStorage { base, remote: None })
+        Ok(CheckpointStorage { base, remote: None, taken: Taken::default() })
     }
 
     /// The storage of `job` at `location`. For an object store, `mirror` is the local directory
@@ -75,7 +81,7 @@ impl CheckpointStorage {
                 let remote = Remote::s3(bucket, prefix)?.child(job);
                 std::fs::create_dir_all(mirror.join("shared"))
                     .with_context(|| format!("creating {}", mirror.display()))?;
-                Ok(CheckpointStorage { base: mirror.to_path_buf(), remote: Some(remote) })
+                Ok(CheckpointStorage { base: mirror.to_path_buf(), remote: Some(remote), taken: Taken::default() })
             }
         }
     }
@@ -237,14 +243,14 @@ impl CheckpointStorage {
                     }
                     let dst = self.base.join("shared").join(format!("{uid}-{subtask}-{run}-{name}"));
                     link_or_copy(&src, &dst)?;
-                    let f = file_ref(&self.base, &dst)?;
+                    let f = file_ref(&self.base, &dst, &self.taken)?;
                     known.insert(name, f.clone());
                     placed.push((dst, f.path.clone()));
                     files.push(f);
                 } else {
                     let dst = private.join(&name);
                     std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-                    let f = file_ref(&self.base, &dst)?;
+                    let f = file_ref(&self.base, &dst, &self.taken)?;
                     placed.push((dst, f.path.clone()));
                     files.push(f);
                 }
@@ -254,13 +260,13 @@ impl CheckpointStorage {
             Some(bytes) => {
                 let path = private.join("operator_state.json");
                 std::fs::write(&path, bytes)?;
-                let f = file_ref(&self.base, &path)?;
+                let f = file_ref(&self.base, &path, &self.taken)?;
                 placed.push((path, f.path.clone()));
                 Some(f)
             }
             None => None,
         };
-        crate::stamps::record(&private, &self.base, &files.iter().chain(state.iter()).collect::<Vec<_>>());
+        self.taken.record(&private, &files.iter().chain(state.iter()).collect::<Vec<_>>());
         if let Some(remote) = &self.remote {
             remote.upload(placed)?;
         }
