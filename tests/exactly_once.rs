@@ -248,10 +248,31 @@ fn a_frozen_instance_woken_after_its_successor_finished_stops_without_committing
         assert!(std::time::Instant::now() < deadline, "the old instance never paused:\n{}", old.log());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    run_ok("auction_windows", &args);
+    // The premise, checked rather than assumed: the old instance is stopped (state T) and has not
+    // begun to commit checkpoint 3. (The pause once took effect only after the commit had begun.)
+    while process_state(old.id()) != Some('T') {
+        assert!(std::time::Instant::now() < deadline, "the old instance announced its pause but never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let chk3 = chk.join("auction_windows/chk-3");
+    let begun = std::fs::read_dir(&chk3)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".commit-") || e.file_name() == "_metadata");
+    assert!(!begun, "the commit of checkpoint 3 had begun before the pause:\n{}", old.log());
+    // At info level, so that a failure shows which checkpoint the successor restored from.
+    let mut successor = common::spawn_with_env("auction_windows", &owned, &[("RUST_LOG", "warn,weir_runtime=info")]);
+    let status = successor.wait().expect("waiting for the successor");
+    let successor_log = successor.log();
+    assert!(status.success(), "the successor failed with {status}:\n{successor_log}");
+    assert!(
+        successor_log.contains("restoring checkpoint=2 "),
+        "the successor did not restore checkpoint 2:\n{successor_log}"
+    );
     let expected = sorted_rows(&ref_out, ".csv", Some("window_start,auction,count,max_price"));
     let rows = || sorted_rows(&out, ".csv", Some("window_start,auction,count,max_price"));
-    assert_eq!(rows(), expected);
+    assert_eq!(rows(), expected, "the successor's log:\n{successor_log}");
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(old.id() as i32, libc::SIGCONT) };
@@ -265,7 +286,17 @@ fn a_frozen_instance_woken_after_its_successor_finished_stops_without_committing
     };
     let text = old.log();
     assert!(!status.success(), "{text}");
-    assert!(text.contains("checkpoint 3 not committed") && text.contains("is stale and stops"), "{text}");
+    assert!(
+        text.contains("checkpoint 3 not committed") && text.contains("is stale and stops"),
+        "{text}\nthe successor's log:\n{successor_log}"
+    );
     assert!(!text.contains("restarting from the latest checkpoint"), "a stale run must not restart:\n{text}");
     assert_eq!(rows(), expected);
+}
+
+/// The state letter of process `pid` from `/proc/<pid>/stat` (`T` when stopped by a signal).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces: the state follows its closing parenthesis.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }

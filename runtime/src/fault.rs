@@ -33,9 +33,15 @@ fn reached(target: &Target, point: &str, checkpoint_id: u64) -> bool {
 }
 
 fn signal_self(signal: libc::c_int) {
-    // SAFETY: sending a signal to our own process has no memory-safety preconditions.
+    // To this thread (`raise`), not to the process (`kill(getpid())`): the kernel hands a
+    // process-directed signal to some thread, usually the main one, and the caller runs on until
+    // that thread gets the CPU and stops the others. The coordinator's I/O thread went on that
+    // way into the commit it was to pause before (created the commit point's directory and file)
+    // when the machine was busy. A stop or kill directed at the caller takes effect before
+    // `raise` returns, and stops or kills every other thread of the process as well.
+    // SAFETY: sending a signal to our own thread has no memory-safety preconditions.
     unsafe {
-        libc::kill(libc::getpid(), signal);
+        libc::raise(signal);
     }
 }
 
