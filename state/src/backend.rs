@@ -197,16 +197,14 @@ impl KeyedStateBackend {
         let timers = self.timers.take_changes();
         let names: Vec<String> = self.state.states().iter().map(|m| m.name.clone()).collect();
         let (done, rx) = std::sync::mpsc::channel();
-        let write = move |db: &rocksdb::DB| -> Result<Option<rocksdb::WriteBatch>> {
-            if frozen.is_none() && timers.is_empty() {
-                return Ok(None);
-            }
-            let mut batch = rocksdb::WriteBatch::default();
+        let write = move |ingest: &mut crate::ingest::Ingest| -> Result<()> {
             if let Some(frozen) = &frozen {
-                frozen.write_to(|k, v| crate::store::batch_change(db, &names, &mut batch, k, v))?;
+                frozen.write_to(|k, v| {
+                    let (cf, key) = crate::store::split_cache_key(&names, k)?;
+                    ingest.change(cf, key, v)
+                })?;
             }
-            timers.write_into(db, &mut batch)?;
-            Ok(Some(batch))
+            timers.ingest_into(ingest)
         };
         self.state.store_mut().begin_checkpoint(path.to_path_buf(), write, done)?;
         Ok(PendingCheckpoint { done: rx })

@@ -17,6 +17,7 @@ mod cache;
 pub mod codec;
 mod descriptors;
 mod handles;
+mod ingest;
 mod keyed;
 pub mod keygroup;
 mod memory;

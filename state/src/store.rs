@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, Context, Result};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options, WriteOptions, DB};
 
+use crate::ingest::Ingest;
 use crate::memory::StateMemory;
 use crate::meta::StateMeta;
 
@@ -102,18 +103,19 @@ impl StateStore {
     pub(crate) fn begin_checkpoint(
         &mut self,
         path: PathBuf,
-        write: impl FnOnce(&DB) -> Result<Option<rocksdb::WriteBatch>> + Send + 'static,
+        write: impl FnOnce(&mut Ingest) -> Result<()> + Send + 'static,
         done: std::sync::mpsc::Sender<Result<PathBuf, String>>,
     ) -> Result<()> {
         self.settle()?;
         let db = self.db.clone();
-        let wo = no_wal();
+        let opts = self.memory.cf_options();
+        let files = self.ingest_dir();
         let writer = std::thread::Builder::new()
             .name("weir-checkpoint-writer".into())
             .spawn(move || {
-                let written = write(&db).and_then(|batch| match batch {
-                    Some(b) => Ok(db.write_opt(b, &wo)?),
-                    None => Ok(()),
+                let written = Ingest::new(&db, &opts, &files).and_then(|mut ingest| {
+                    write(&mut ingest)?;
+                    ingest.commit()
                 });
                 let checkpoint = match &written {
                     Ok(()) => checkpoint_db(&db, &path).map(|()| path).map_err(|e| format!("{e:#}")),
@@ -130,6 +132,13 @@ impl StateStore {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where a checkpoint's writer builds its SST files: beside the database (never inside, where
+    /// RocksDB owns every file), on the same file system, so that ingestion links them.
+    fn ingest_dir(&self) -> PathBuf {
+        let name = self.dir.file_name().map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+        self.dir.with_file_name(format!("{name}.ingest"))
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -215,8 +224,19 @@ impl StateStore {
     }
 }
 
-/// Adds one change of the write cache to `batch`: `key` is `state id (u16 BE) ‖ store key`,
-/// `names` the column family of each state id, `value` `None` for a deletion.
+/// The column family and store key of a write-cache key (`state id (u16 BE) ‖ store key`);
+/// `names` holds the column family of each state id.
+pub(crate) fn split_cache_key<'k>(names: &'k [String], key: &'k [u8]) -> Result<(&'k str, &'k [u8])> {
+    let (id, store_key) =
+        key.split_at_checked(2).ok_or_else(|| anyhow!("internal error: a cache key without state id"))?;
+    let name = names
+        .get(u16::from_be_bytes([id[0], id[1]]) as usize)
+        .ok_or_else(|| anyhow!("internal error: a cache key of an undeclared state"))?;
+    Ok((name, store_key))
+}
+
+/// Adds one change of the write cache to `batch` (see [`split_cache_key`]), `value` `None` for
+/// a deletion.
 pub(crate) fn batch_change(
     db: &DB,
     names: &[String],
@@ -224,11 +244,11 @@ pub(crate) fn batch_change(
     key: &[u8],
     value: Option<&[u8]>,
 ) -> Result<()> {
-    let name = &names[u16::from_be_bytes([key[0], key[1]]) as usize];
+    let (name, store_key) = split_cache_key(names, key)?;
     let cf = db.cf_handle(name).ok_or_else(|| anyhow!("state column family '{name}' is missing"))?;
     match value {
-        Some(v) => batch.put_cf(cf, &key[2..], v),
-        None => batch.delete_cf(cf, &key[2..]),
+        Some(v) => batch.put_cf(cf, store_key, v),
+        None => batch.delete_cf(cf, store_key),
     }
     Ok(())
 }

@@ -74,22 +74,43 @@ impl TimerChanges {
         self.0.is_empty()
     }
 
+    /// The changes in key order (which RocksDB's memtable inserts several times faster, and an
+    /// SST file requires): (key, the value to put or `None` to delete).
+    fn sorted(&self) -> Vec<(&[u8], Option<[u8; 4]>)> {
+        let mut changes: Vec<_> = self
+            .0
+            .iter()
+            .map(|(k, change)| {
+                let value = match change {
+                    TimerChange::New { key_len } | TimerChange::Put { key_len } => Some(key_len.to_be_bytes()),
+                    TimerChange::Delete => None,
+                };
+                (k.as_slice(), value)
+            })
+            .collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        changes
+    }
+
     /// Adds the changes to `batch`.
     pub(crate) fn write_into(&self, db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch) -> Result<()> {
         if self.0.is_empty() {
             return Ok(());
         }
         let cf = db.cf_handle(TIMERS_CF).ok_or_else(|| anyhow::anyhow!("the timer column family is missing"))?;
-        // In key order, which RocksDB's memtable inserts several times faster.
-        let mut changes: Vec<_> = self.0.iter().collect();
-        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (k, change) in changes {
-            match change {
-                TimerChange::New { key_len } | TimerChange::Put { key_len } => {
-                    batch.put_cf(cf, k, key_len.to_be_bytes())
-                }
-                TimerChange::Delete => batch.delete_cf(cf, k),
+        for (k, value) in self.sorted() {
+            match value {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
             }
+        }
+        Ok(())
+    }
+
+    /// Adds the changes to a checkpoint's SST files.
+    pub(crate) fn ingest_into(&self, ingest: &mut crate::ingest::Ingest) -> Result<()> {
+        for (k, value) in self.sorted() {
+            ingest.change(TIMERS_CF, k, value.as_ref().map(|v| v.as_slice()))?;
         }
         Ok(())
     }
