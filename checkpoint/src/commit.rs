@@ -34,8 +34,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::metadata::{
-    load, load_verified_elsewhere, metadata_bytes, write_atomic, write_metadata, CheckpointMetadata, LoadedSnapshot,
-    Tombstone, METADATA_FILE,
+    load_verified_elsewhere, metadata_bytes, verify_stamping, write_atomic, write_metadata, CheckpointMetadata,
+    LoadedSnapshot, Tombstone, METADATA_FILE,
 };
 use crate::storage::CheckpointStorage;
 
@@ -134,10 +134,13 @@ impl CheckpointStorage {
                 Ok(text) if Tombstone::parse(&text).is_some() => continue,
                 Ok(_) => {}
             }
-            let loaded = match self.remote {
-                Some(_) => load_verified_elsewhere(&dir),
-                None => load(&dir),
-            };
+            // Verified here or by the fetch (which stamped what it checked); either way the stamps
+            // of its shared files go to this run, whose checkpoints reuse those files unread.
+            let loaded = load_verified_elsewhere(&dir).and_then(|s| {
+                let (_, stamps) = verify_stamping(&s.meta, &s.base)?;
+                self.taken.adopt(stamps);
+                Ok(s)
+            });
             match loaded {
                 Ok(s) => {
                     let chain = Chain { previous: id, passed_over };

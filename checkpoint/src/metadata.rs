@@ -7,6 +7,7 @@
 //! savepoints can be moved). Each file carries its size and xxh3 checksum, so a truncated or
 //! corrupt checkpoint is detected before it is used.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -230,9 +231,21 @@ pub fn verify(meta: &CheckpointMetadata, base: &Path) -> Result<()> {
 
 /// [`verify`], returning how many files it had to read (the others' stamps matched).
 pub fn verify_reading(meta: &CheckpointMetadata, base: &Path) -> Result<usize> {
-    let unchanged = crate::stamps::unchanged(meta, base);
+    verify_stamping(meta, base).map(|(read, _)| read)
+}
+
+/// [`verify_reading`], also returning a stamp for each file that vouches for its checksum: the
+/// recorded one where it matched, one taken right after reading the file otherwise.
+pub(crate) fn verify_stamping(
+    meta: &CheckpointMetadata,
+    base: &Path,
+) -> Result<(usize, HashMap<String, crate::stamps::Stamp>)> {
+    let mut stamps = crate::stamps::unchanged(meta, base);
     let mut read = 0;
-    for f in meta.files().filter(|f| !unchanged.contains(&f.path)) {
+    for f in meta.files() {
+        if stamps.contains_key(&f.path) {
+            continue;
+        }
         read += 1;
         let path = base.join(&f.path);
         let (size, sum) = checksum_file(&path)?;
@@ -242,8 +255,11 @@ pub fn verify_reading(meta: &CheckpointMetadata, base: &Path) -> Result<usize> {
         if sum != f.xxh3 {
             bail!("{} is corrupt: checksum {sum}, expected {}", path.display(), f.xxh3);
         }
+        if let Some(stamp) = crate::stamps::stamp_of(&path).filter(|s| s.size == f.size) {
+            stamps.insert(f.path.clone(), stamp);
+        }
     }
-    Ok(read)
+    Ok((read, stamps))
 }
 
 /// A snapshot found on disk: its metadata and the directory its paths are relative to.

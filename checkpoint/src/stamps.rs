@@ -15,7 +15,7 @@
 //! a file whose bytes changed without a write (the disk flipping a bit): RocksDB's block
 //! checksums catch that when the block is read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -28,14 +28,14 @@ pub(crate) const STAMPS_FILE: &str = "_stamps";
 
 /// What identifies a file's content on this machine without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
-    size: u64,
+pub(crate) struct Stamp {
+    pub(crate) size: u64,
     mtime_ns: i128,
     ino: u64,
 }
 
 #[cfg(unix)]
-fn stamp_of(path: &Path) -> Option<Stamp> {
+pub(crate) fn stamp_of(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some(Stamp {
@@ -46,7 +46,7 @@ fn stamp_of(path: &Path) -> Option<Stamp> {
 }
 
 #[cfg(not(unix))]
-fn stamp_of(_path: &Path) -> Option<Stamp> {
+pub(crate) fn stamp_of(_path: &Path) -> Option<Stamp> {
     // Without inode numbers a stamp proves too little: every file is read.
     None
 }
@@ -102,6 +102,14 @@ impl Taken {
         write(dir, stamped);
     }
 
+    /// Keeps the stamps of the shared files among `verified` (path → the stamp that vouches for
+    /// its checksum): a restore verified them, and later checkpoints of this run reuse them.
+    pub(crate) fn adopt(&self, verified: HashMap<String, Stamp>) {
+        if let Ok(mut taken) = self.0.lock() {
+            taken.extend(verified.into_iter().filter(|(path, _)| path.starts_with("shared/")));
+        }
+    }
+
     /// Forgets the stamps of shared files `keep` does not want (deleted by retention).
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
         if let Ok(mut taken) = self.0.lock() {
@@ -140,9 +148,9 @@ pub(crate) fn record_checkpoint(meta: &CheckpointMetadata, base: &Path) {
 }
 
 /// The files of checkpoint `meta` (paths relative to `base`) whose recorded stamp and checksum
-/// still match: verified without reading them. Empty for savepoints.
-pub(crate) fn unchanged(meta: &CheckpointMetadata, base: &Path) -> HashSet<String> {
-    let mut out = HashSet::new();
+/// still match, with that stamp: verified without reading them. Empty for savepoints.
+pub(crate) fn unchanged(meta: &CheckpointMetadata, base: &Path) -> HashMap<String, Stamp> {
+    let mut out = HashMap::new();
     if meta.kind != SnapshotKind::Checkpoint {
         return out;
     }
@@ -155,7 +163,7 @@ pub(crate) fn unchanged(meta: &CheckpointMetadata, base: &Path) -> HashSet<Strin
             for f in st.keyed_files.iter().chain(st.operator_state.iter()) {
                 let Some(s) = stamped.get(f.path.as_str()) else { continue };
                 if s.xxh3 == f.xxh3 && s.stamp.size == f.size && stamp_of(&base.join(&f.path)) == Some(s.stamp) {
-                    out.insert(f.path.clone());
+                    out.insert(f.path.clone(), s.stamp);
                 }
             }
         }
@@ -273,6 +281,39 @@ mod tests {
         };
         let err = verify_reading(&next, storage.base()).unwrap_err().to_string();
         assert!(err.contains("corrupt") && err.contains(&shared), "{err}");
+    }
+
+    #[test]
+    fn a_restarted_run_stamps_the_shared_files_it_restored_when_it_reuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = tempfile::tempdir().unwrap();
+        std::fs::write(db.path().join("000012.sst"), b"sst bytes".repeat(1000)).unwrap();
+        std::fs::write(db.path().join("MANIFEST-000003"), b"manifest").unwrap();
+        let checkpoint = |storage: &crate::CheckpointStorage, id, run, known: &mut HashMap<String, FileRef>| {
+            storage.reserve(id).unwrap();
+            let (files, state) = storage.upload_subtask(id, "op", 0, run, Some(db.path()), None, known).unwrap();
+            let meta = CheckpointMetadata {
+                checkpoint_id: id,
+                operators: vec![OperatorSnapshot {
+                    subtasks: vec![SubtaskSnapshot { keyed_files: files, operator_state: state, ..stored_subtask() }],
+                    ..stored_operator()
+                }],
+                ..stored(tempfile::tempdir().unwrap().path())
+            };
+            storage.complete(&meta).unwrap();
+            meta
+        };
+        let mut known = HashMap::new();
+        checkpoint(&crate::CheckpointStorage::new(dir.path(), "job").unwrap(), 4, "r1", &mut known);
+
+        // A new process restores checkpoint 4 (reading what its stamps do not cover), and its first
+        // checkpoint reuses the shared SST file without checksumming it again.
+        let restarted = crate::CheckpointStorage::new(dir.path(), "job").unwrap();
+        let (restored, _) = restarted.restore_point().unwrap();
+        assert_eq!(restored.unwrap().meta.checkpoint_id, 4);
+        let next = checkpoint(&restarted, 5, "r2", &mut known);
+        assert!(next.files().any(|f| f.path.starts_with("shared/") && f.path.contains("-r1-")), "reused");
+        assert_eq!(verify_reading(&next, restarted.base()).unwrap(), 0, "the reused file is stamped too");
     }
 
     fn stored_operator() -> OperatorSnapshot {

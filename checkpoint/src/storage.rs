@@ -193,7 +193,7 @@ impl CheckpointStorage {
             .files()
             .filter(|f| {
                 let local = self.base.join(&f.path);
-                !unchanged.contains(&f.path)
+                !unchanged.contains_key(&f.path)
                     && !checksum_file(&local).is_ok_and(|(size, sum)| size == f.size && sum == f.xxh3)
             })
             .map(|f| (f.path.clone(), self.base.join(&f.path), f.size, f.xxh3.clone()))
