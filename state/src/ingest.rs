@@ -35,9 +35,16 @@ struct Open<'a> {
 }
 
 impl<'a> Ingest<'a> {
-    /// Writes its files in `dir` (created if missing; on the database's file system, so that
-    /// ingestion links them instead of copying), encoded with the column families' `opts`.
+    /// Writes its files in `dir` (on the database's file system, so that ingestion links them
+    /// instead of copying), encoded with the column families' `opts`. What a writer that failed
+    /// before ingesting left in `dir` is deleted first.
     pub(crate) fn new(db: &'a DB, opts: &'a Options, dir: &'a Path) -> Result<Self> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("clearing {}", dir.display()))
+            }
+            _ => {}
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Ingest { db, opts, dir, open: None, files: Vec::new() })
     }
@@ -48,8 +55,6 @@ impl<'a> Ingest<'a> {
         if self.open.as_ref().is_none_or(|o| o.cf != cf) {
             self.finish_file()?;
             let path = self.dir.join(format!("{}.sst", self.files.len()));
-            // A file left by a writer that failed before ingesting it.
-            let _ = std::fs::remove_file(&path);
             let writer = SstFileWriter::create(self.opts);
             writer.open(&path).with_context(|| format!("creating {}", path.display()))?;
             self.open = Some(Open { cf: cf.to_string(), writer, path });
@@ -123,6 +128,21 @@ mod tests {
         assert_eq!(get(&db, "a", b"k3").as_deref(), Some(&b"kept"[..]));
         assert_eq!(get(&db, "b", b"k0").as_deref(), Some(&b"b0"[..]));
         assert_eq!(std::fs::read_dir(&files).unwrap().count(), 0, "the ingested files' names are gone");
+    }
+
+    #[test]
+    fn what_a_failed_writer_left_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let opts = cf_options();
+        let files = dir.path().join("ingest");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(files.join("7.sst"), b"half a file").unwrap();
+        let mut ingest = Ingest::new(&db, &opts, &files).unwrap();
+        assert_eq!(std::fs::read_dir(&files).unwrap().count(), 0);
+        ingest.change("a", b"k", Some(b"v")).unwrap();
+        ingest.commit().unwrap();
+        assert_eq!(get(&db, "a", b"k").as_deref(), Some(&b"v"[..]));
     }
 
     #[test]
