@@ -255,6 +255,9 @@ fn a_frozen_instance_woken_after_its_successor_finished_stops_without_committing
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let chk3 = chk.join("auction_windows/chk-3");
+    // Its subtasks' files are stored there before the commit: a missing directory would make the
+    // check below vacuous.
+    assert!(chk3.is_dir(), "no {} with checkpoint 3 acknowledged", chk3.display());
     let begun = std::fs::read_dir(&chk3)
         .into_iter()
         .flatten()
