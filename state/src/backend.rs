@@ -159,6 +159,13 @@ impl KeyedStateBackend {
         self.timers.count(domain)
     }
 
+    /// How many state reads went past the write cache to RocksDB. None do while the cache holds
+    /// every key the store has: from an empty store on, until the cache is drained (full, or before
+    /// a scan), a list append reaches the store directly, or state is imported.
+    pub fn store_reads(&self) -> u64 {
+        self.state.store_reads()
+    }
+
     /// Counts the entries of a state over all keys (for metrics, tests and tools).
     pub fn count_entries(&mut self, name: &str) -> Result<u64> {
         self.state.count_entries(name)

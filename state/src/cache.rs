@@ -160,12 +160,24 @@ pub(crate) struct WriteCache {
     written: u64,
     /// The generation a checkpoint froze, until its writer has put it into the store.
     frozen: Option<std::sync::Arc<Frozen>>,
+    /// The emptied map of the last thaw, kept with its capacity for the next freeze's new
+    /// generation: growing a fresh map from empty after every checkpoint (rehashing, and new pages
+    /// from the kernel to zero) was a visible part of what checkpoints cost the task.
+    spare: Map,
 }
 
 impl WriteCache {
     /// An empty cache with a budget of `limit` bytes (0: every write goes straight to the store).
     pub(crate) fn new(limit: usize) -> Self {
-        WriteCache { map: Default::default(), bytes: 0, limit, epoch: 1, written: 0, frozen: None }
+        WriteCache {
+            map: Default::default(),
+            bytes: 0,
+            limit,
+            epoch: 1,
+            written: 0,
+            frozen: None,
+            spare: Default::default(),
+        }
     }
 
     /// Freezes the current generation for a checkpoint and starts an empty one; `None` when there
@@ -175,7 +187,7 @@ impl WriteCache {
         if self.map.is_empty() {
             return None;
         }
-        let map = std::mem::take(&mut self.map);
+        let map = std::mem::replace(&mut self.map, std::mem::take(&mut self.spare));
         let frozen = std::sync::Arc::new(Frozen { map, bytes: self.bytes, written: self.written, epoch: self.epoch });
         self.bytes = 0;
         self.epoch += 1;
@@ -185,13 +197,16 @@ impl WriteCache {
 
     /// The frozen generation's writer has put its changes into the store: they count as written,
     /// and the frozen map merges back (the smaller map into the larger; what the task changed
-    /// since the barrier wins). Must happen before anything newer reaches the store.
-    pub(crate) fn thaw(&mut self) {
-        let Some(frozen) = self.frozen.take() else { return };
+    /// since the barrier wins). Must happen before anything newer reaches the store. Returns false
+    /// if the frozen map could not come back, so the cache no longer holds every key the store has.
+    pub(crate) fn thaw(&mut self) -> bool {
+        let Some(frozen) = self.frozen.take() else { return true };
         self.written = frozen.epoch;
         // The writer has dropped its reference by now; if not, the entries are in the store
         // anyway and only their cached form is lost.
-        let Ok(Frozen { map: mut old, bytes: old_bytes, .. }) = std::sync::Arc::try_unwrap(frozen) else { return };
+        let Ok(Frozen { map: mut old, bytes: old_bytes, .. }) = std::sync::Arc::try_unwrap(frozen) else {
+            return false;
+        };
         if old.len() > self.map.len() {
             let mut bytes = old_bytes;
             for (k, e) in self.map.drain() {
@@ -200,16 +215,18 @@ impl WriteCache {
                     bytes = bytes.saturating_sub(replaced.accounted);
                 }
             }
-            self.map = old;
+            self.spare = std::mem::replace(&mut self.map, old);
             self.bytes = bytes;
         } else {
-            for (k, e) in old {
+            for (k, e) in old.drain() {
                 if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(k) {
                     self.bytes += e.accounted;
                     v.insert(e);
                 }
             }
+            self.spare = old;
         }
+        true
     }
 
     /// Makes sure the current generation has `key` if the frozen one has it, so that reads and

@@ -28,6 +28,13 @@ pub struct KeyedState {
     max_parallelism: usize,
     clock: Clock,
     scratch: Vec<u8>,
+    /// Whether the write cache holds every key the store has (see [`Self::read_store`]): true
+    /// from an empty store on, until something reaches the store past the cache (a drain when the
+    /// cache is full or before a scan, a list append to an uncached key, an import, a cache turned
+    /// off). Checkpoints keep it: a frozen generation is still read through, and merges back.
+    complete: bool,
+    /// Reads that went to the store (cache misses while not `complete`).
+    store_reads: u64,
 }
 
 impl KeyedState {
@@ -47,11 +54,14 @@ impl KeyedState {
             max_parallelism,
             clock: system_clock(),
             scratch: Vec::new(),
+            complete: false,
+            store_reads: 0,
         };
         for meta in state.store.load_metas()? {
             state.by_name.insert(meta.name.clone(), state.states.len());
             state.states.push(meta);
         }
+        state.complete = state.cache.enabled() && state.store.holds_nothing_of(&state.states)?;
         Ok(state)
     }
 
@@ -67,8 +77,29 @@ impl KeyedState {
     /// cache (its changes now count as written), so that the store may take newer writes.
     pub(crate) fn settle(&mut self) -> Result<()> {
         self.store.settle()?;
-        self.cache.thaw();
+        if !self.cache.thaw() {
+            self.complete = false;
+        }
         Ok(())
+    }
+
+    /// The stored value of state `id` at cache key `k` (`state id ‖ store key`), for a key the
+    /// write cache lacks. While the cache holds every key the store has, a miss is an absent key
+    /// and the store is not asked: a job whose state fits in the cache never reads RocksDB, and
+    /// the files that checkpoints leave in it (each a bloom filter to check per read of a new key)
+    /// cost its reads nothing.
+    fn read_store(&mut self, id: usize, k: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+        if self.complete {
+            return Ok(None);
+        }
+        self.store_reads += 1;
+        let cf = self.store.cf(&self.states[id].name)?;
+        Ok(self.store.db().get_pinned_cf(cf, &k[2..])?)
+    }
+
+    /// How many reads went to the store (for tests and metrics).
+    pub(crate) fn store_reads(&self) -> u64 {
+        self.store_reads
     }
 
     /// Thaws the frozen generation once its writer is done, without waiting, so that the task
@@ -168,6 +199,9 @@ impl KeyedState {
 
     pub(crate) fn set_cache_limit(&mut self, bytes: usize) -> Result<()> {
         self.cache.set_limit(bytes);
+        if !self.cache.enabled() {
+            self.complete = false;
+        }
         if self.cache.over_limit() {
             self.flush_cache()?;
         }
@@ -178,6 +212,9 @@ impl KeyedState {
     pub(crate) fn flush_cache(&mut self) -> Result<()> {
         // The frozen generation goes first: what follows is newer.
         self.settle()?;
+        // Drained, the cache no longer holds what the store has; callers that write the store
+        // directly (imports) flush first, so this covers them too.
+        self.complete = false;
         if self.cache.is_empty() {
             return Ok(());
         }
@@ -237,13 +274,10 @@ impl KeyedState {
             let (mut v, encoded, stored) = match s.cache.lookup::<T>(k)? {
                 Lookup::Live(v) => return Ok(f(v)),
                 Lookup::Decoded(v, encoded, stored) => (v, encoded, stored),
-                Lookup::Miss => {
-                    let cf = s.store.cf(&s.states[id].name)?;
-                    match s.store.db().get_pinned_cf(cf, &k[2..])? {
-                        Some(bytes) => (Some(crate::codec::decode(&bytes)?), bytes.len(), true),
-                        None => (None, 0, false),
-                    }
-                }
+                Lookup::Miss => match s.read_store(id, k)? {
+                    Some(bytes) => (Some(crate::codec::decode(&bytes)?), bytes.len(), true),
+                    None => (None, 0, false),
+                },
             };
             let r = f(&mut v);
             s.cache.put_object(k, v, encoded, stored);
@@ -265,8 +299,7 @@ impl KeyedState {
             if let Some(cached) = s.cache.get(k)? {
                 return f(cached);
             }
-            let cf = s.store.cf(&s.states[id].name)?;
-            let v = s.store.db().get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec());
+            let v = s.read_store(id, k)?.map(|v| v.to_vec());
             let r = f(v.as_deref())?;
             if s.cache.enabled() {
                 let stored = v.is_some();
@@ -296,12 +329,13 @@ impl KeyedState {
             if s.cache.enabled() && !s.store.writer_finished() {
                 // A checkpoint's writer owns the store for now: append to what it holds at the
                 // barrier in the cache instead of waiting (the key is in no frozen generation).
-                let cf = s.store.cf(&s.states[id].name)?;
-                let mut merged = s.store.db().get_pinned_cf(cf, &k[2..])?.map(|v| v.to_vec()).unwrap_or_default();
+                let mut merged = s.read_store(id, k)?.map(|v| v.to_vec()).unwrap_or_default();
                 merged.extend_from_slice(value);
                 s.cache.put(k, Some(merged), true, true)?;
                 return s.flush_if_full();
             }
+            // Appended in the store, past the cache.
+            s.complete = false;
             s.store.merge(&s.states[id].name, &k[2..], value)
         })
     }

@@ -210,6 +210,19 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Whether none of `states` holds an entry (a new store, or one whose states are all empty).
+    pub(crate) fn holds_nothing_of(&self, states: &[StateMeta]) -> Result<bool> {
+        for meta in states {
+            let mut it = self.db.raw_iterator_cf(self.cf(&meta.name)?);
+            it.seek_to_first();
+            if it.valid() {
+                return Ok(false);
+            }
+            it.status()?;
+        }
+        Ok(true)
+    }
+
     /// Number of entries in `cf`.
     pub(crate) fn count(&self, cf: &str) -> Result<u64> {
         let mut it = self.db.raw_iterator_cf(self.cf(cf)?);
