@@ -89,8 +89,28 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame)
         }
         Frame::Goodbye => &[GOODBYE],
     };
-    w.write_all(&(body.len() as u32).to_le_bytes()).await?;
-    w.write_all(body).await?;
+    write_prefixed(w, &(body.len() as u32).to_le_bytes(), body).await
+}
+
+/// Writes `head ‖ body` with as few writes as the writer allows: one vectored write when the two
+/// go straight to the socket. Two `write_all`s through a `BufWriter` sent a data frame (larger
+/// than its buffer) as two writes, the 4-byte length alone in its own TCP segment (no Nagle
+/// here), and the peer's reader woke twice per frame.
+async fn write_prefixed<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8]) -> Result<()> {
+    let total = head.len() + body.len();
+    let mut done = 0;
+    while done < total {
+        let n = if done < head.len() {
+            let parts = [std::io::IoSlice::new(&head[done..]), std::io::IoSlice::new(body)];
+            w.write_vectored(&parts).await?
+        } else {
+            w.write(&body[done - head.len()..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        done += n;
+    }
     Ok(())
 }
 
@@ -187,6 +207,96 @@ mod tests {
         assert_eq!(&second[DATA_AT..], b"xy");
         assert_eq!(data_channel(&second), 5);
         assert_eq!(second.capacity(), capacity, "the first frame's buffer was reused");
+    }
+
+    /// A socket stand-in that counts writes and takes at most `max` bytes per write.
+    struct Counting {
+        wire: Vec<u8>,
+        writes: usize,
+        max: usize,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.wire.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut left = self.max;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.wire.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            self.writes += 1;
+            std::task::Poll::Ready(Ok(self.max - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn big_frame(channel: u64, fill: u8) -> Frame {
+        let mut body = data_frame(channel, Vec::new());
+        body.resize(200_000, fill);
+        Frame::Data(body)
+    }
+
+    #[tokio::test]
+    async fn a_large_data_frame_is_one_write_length_included() {
+        let mut w =
+            tokio::io::BufWriter::with_capacity(1 << 16, Counting { wire: Vec::new(), writes: 0, max: usize::MAX });
+        write_frame(&mut w, &big_frame(1, 7)).await.unwrap();
+        write_frame(&mut w, &big_frame(2, 8)).await.unwrap();
+        w.flush().await.unwrap();
+        let sock = w.into_inner();
+        assert_eq!(sock.writes, 2, "one write per frame, not the length apart from the body");
+        let pool = BufferPool::default();
+        let mut r = &sock.wire[..];
+        for (channel, fill) in [(1, 7), (2, 8)] {
+            let Some(Frame::Data(body)) = read_frame(&mut r, &pool).await.unwrap() else { panic!("a data frame") };
+            assert_eq!(data_channel(&body), channel);
+            assert!(body[DATA_AT..].iter().all(|&b| b == fill) && body.len() == 200_000);
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_survive_a_socket_that_takes_a_few_bytes_at_a_time() {
+        for max in [1, 3, 5, 4096] {
+            let mut sock = Counting { wire: Vec::new(), writes: 0, max };
+            write_frame(&mut sock, &Frame::Credit { channel: 9, n: 2 }).await.unwrap();
+            write_frame(&mut sock, &big_frame(3, 1)).await.unwrap();
+            write_frame(&mut sock, &Frame::Heartbeat).await.unwrap();
+            let pool = BufferPool::default();
+            let mut r = &sock.wire[..];
+            assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Credit { channel: 9, n: 2 })));
+            let Some(Frame::Data(body)) = read_frame(&mut r, &pool).await.unwrap() else { panic!("a data frame") };
+            assert_eq!((data_channel(&body), body.len()), (3, 200_000));
+            assert!(matches!(read_frame(&mut r, &pool).await.unwrap(), Some(Frame::Heartbeat)));
+            assert!(read_frame(&mut r, &pool).await.unwrap().is_none());
+        }
     }
 
     #[tokio::test]
