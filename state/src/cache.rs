@@ -129,6 +129,8 @@ pub(crate) struct Frozen {
     written: u64,
     /// The epoch it closed: once it is written, every change up to here is in the store.
     epoch: u64,
+    /// The keys whose deletion the writer wrote: the thaw forgets them (see [`WriteCache::thaw`]).
+    deleted: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Frozen {
@@ -140,11 +142,16 @@ impl Frozen {
         let mut changes: Vec<(&[u8], &CacheEntry)> =
             self.map.iter().filter(|(_, e)| e.changed > self.written).map(|(k, e)| (k.as_slice(), e)).collect();
         changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut deleted = Vec::new();
         for (k, e) in changes {
             if let Some(v) = e.unwritten(self.written)? {
+                if v.is_none() {
+                    deleted.push(k.to_vec());
+                }
                 write(k, v.as_deref())?;
             }
         }
+        *self.deleted.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = deleted;
         Ok(())
     }
 }
@@ -188,7 +195,13 @@ impl WriteCache {
             return None;
         }
         let map = std::mem::replace(&mut self.map, std::mem::take(&mut self.spare));
-        let frozen = std::sync::Arc::new(Frozen { map, bytes: self.bytes, written: self.written, epoch: self.epoch });
+        let frozen = std::sync::Arc::new(Frozen {
+            map,
+            bytes: self.bytes,
+            written: self.written,
+            epoch: self.epoch,
+            deleted: Default::default(),
+        });
         self.bytes = 0;
         self.epoch += 1;
         self.frozen = Some(frozen.clone());
@@ -204,7 +217,7 @@ impl WriteCache {
         self.written = frozen.epoch;
         // The writer has dropped its reference by now; if not, the entries are in the store
         // anyway and only their cached form is lost.
-        let Ok(Frozen { map: mut old, bytes: old_bytes, .. }) = std::sync::Arc::try_unwrap(frozen) else {
+        let Ok(Frozen { map: mut old, bytes: old_bytes, deleted, .. }) = std::sync::Arc::try_unwrap(frozen) else {
             return false;
         };
         if old.len() > self.map.len() {
@@ -226,7 +239,22 @@ impl WriteCache {
             }
             self.spare = old;
         }
+        self.forget_written_deletions(deleted.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
         true
+    }
+
+    /// Drops the entries of `keys` that are still deletions the store has: a window's state,
+    /// deleted when it fires, would otherwise stay in the cache as a tombstone for good, filling
+    /// its budget until a drain. The store answers a read of such a key with nothing, as the cache
+    /// did. Costs a lookup per deletion written, not a pass over the cache.
+    fn forget_written_deletions(&mut self, keys: Vec<Vec<u8>>) {
+        for k in keys {
+            let Some(e) = self.map.get(&k) else { continue };
+            if e.changed <= self.written && e.value.is_none() && e.object.is_none() {
+                self.bytes = self.bytes.saturating_sub(e.accounted);
+                self.map.remove(&k);
+            }
+        }
     }
 
     /// Makes sure the current generation has `key` if the frozen one has it, so that reads and
@@ -432,6 +460,37 @@ mod tests {
         }
         assert!(matches!(cache.lookup::<u64>(b"missing").unwrap(), Lookup::Miss));
         assert_eq!(drained(&mut cache), vec![(b"k".to_vec(), Some(crate::codec::encode(&10u64).unwrap()))]);
+    }
+
+    #[test]
+    fn a_deletion_written_by_a_checkpoint_leaves_the_cache_at_the_thaw() {
+        let mut cache = WriteCache::new(1 << 20);
+        for k in [&b"gone"[..], b"back", b"kept"] {
+            cache.put(k, Some(b"v".to_vec()), true, true).unwrap();
+        }
+        drained(&mut cache);
+        for k in [&b"gone"[..], b"back", b"kept"] {
+            cache.put(k, Some(b"v2".to_vec()), true, true).unwrap();
+        }
+        cache.put(b"gone", None, true, true).unwrap();
+        cache.put(b"back", None, true, true).unwrap();
+        let frozen = cache.freeze().unwrap();
+        let mut written = Vec::new();
+        frozen.write_to(|k, v| Ok(written.push((k.to_vec(), v.map(<[u8]>::to_vec))))).unwrap();
+        drop(frozen);
+        assert!(written.contains(&(b"gone".to_vec(), None)), "the tombstone is written");
+        // Changed again after the barrier: the new value stays.
+        cache.put(b"back", Some(b"v3".to_vec()), true, true).unwrap();
+        assert!(cache.thaw());
+        assert!(matches!(cache.get(b"gone").unwrap(), None), "the written deletion is forgotten");
+        assert_eq!(cache.get(b"back").unwrap(), Some(Some(&b"v3"[..])));
+        assert_eq!(cache.get(b"kept").unwrap(), Some(Some(&b"v2"[..])));
+        assert_eq!(cache.map.len(), 2);
+        assert_eq!(
+            cache.bytes,
+            cache.map.values().map(|e| e.accounted).sum::<usize>(),
+            "the budget no longer counts it"
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl KeyedState {
     pub(crate) fn settle(&mut self) -> Result<()> {
         self.store.settle()?;
         if !self.cache.thaw() {
-            self.complete = false;
+            self.incomplete("a frozen generation did not come back");
         }
         Ok(())
     }
@@ -95,6 +95,16 @@ impl KeyedState {
         self.store_reads += 1;
         let cf = self.store.cf(&self.states[id].name)?;
         Ok(self.store.db().get_pinned_cf(cf, &k[2..])?)
+    }
+
+    /// From now on the store may hold keys the cache lacks: misses read the store.
+    fn incomplete(&mut self, why: &str) {
+        if self.complete {
+            // Once per backend and run: from here on, reads of keys new to the cache cost a
+            // RocksDB lookup each.
+            tracing::debug!(reason = why, dir = %self.store.dir().display(), "keyed state reads go to RocksDB from now on");
+            self.complete = false;
+        }
     }
 
     /// How many reads went to the store (for tests and metrics).
@@ -200,7 +210,7 @@ impl KeyedState {
     pub(crate) fn set_cache_limit(&mut self, bytes: usize) -> Result<()> {
         self.cache.set_limit(bytes);
         if !self.cache.enabled() {
-            self.complete = false;
+            self.incomplete("the write cache was turned off");
         }
         if self.cache.over_limit() {
             self.flush_cache()?;
@@ -214,7 +224,7 @@ impl KeyedState {
         self.settle()?;
         // Drained, the cache no longer holds what the store has; callers that write the store
         // directly (imports) flush first, so this covers them too.
-        self.complete = false;
+        self.incomplete("the write cache was drained (full, before a scan, or for an import)");
         if self.cache.is_empty() {
             return Ok(());
         }
@@ -301,7 +311,8 @@ impl KeyedState {
             }
             let v = s.read_store(id, k)?.map(|v| v.to_vec());
             let r = f(v.as_deref())?;
-            if s.cache.enabled() {
+            // A complete cache's miss is an absent key already: caching that is only memory.
+            if s.cache.enabled() && (v.is_some() || !s.complete) {
                 let stored = v.is_some();
                 s.cache.put(k, v, false, stored)?;
                 s.flush_if_full()?;
@@ -335,7 +346,7 @@ impl KeyedState {
                 return s.flush_if_full();
             }
             // Appended in the store, past the cache.
-            s.complete = false;
+            s.incomplete("a list append of an uncached key");
             s.store.merge(&s.states[id].name, &k[2..], value)
         })
     }
