@@ -476,13 +476,18 @@ mod tests {
         cache.put(b"back", None, true, true).unwrap();
         let frozen = cache.freeze().unwrap();
         let mut written = Vec::new();
-        frozen.write_to(|k, v| Ok(written.push((k.to_vec(), v.map(<[u8]>::to_vec))))).unwrap();
+        frozen
+            .write_to(|k, v| {
+                written.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+                Ok(())
+            })
+            .unwrap();
         drop(frozen);
         assert!(written.contains(&(b"gone".to_vec(), None)), "the tombstone is written");
         // Changed again after the barrier: the new value stays.
         cache.put(b"back", Some(b"v3".to_vec()), true, true).unwrap();
         assert!(cache.thaw());
-        assert!(matches!(cache.get(b"gone").unwrap(), None), "the written deletion is forgotten");
+        assert!(cache.get(b"gone").unwrap().is_none(), "the written deletion is forgotten");
         assert_eq!(cache.get(b"back").unwrap(), Some(Some(&b"v3"[..])));
         assert_eq!(cache.get(b"kept").unwrap(), Some(Some(&b"v2"[..])));
         assert_eq!(cache.map.len(), 2);
