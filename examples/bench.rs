@@ -16,6 +16,7 @@ use weir::nexmark::{Event, NexmarkConfig};
 use weir::operators::sources::nexmark::{bid_event_number, generate_event};
 
 mod measure;
+use measure::goals::Goal;
 
 /// Measures auction_windows: bids/s and peak RSS, median of several runs.
 #[derive(Parser, Debug)]
@@ -160,23 +161,25 @@ fn main() -> Result<()> {
         "\ninput file: {size_mb:.0} MB; machine: {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+    let mut goals = Vec::new();
     if cli.checkpoint_bids > 0 {
-        checkpoint_table(&cli, &job, &dir)?;
+        goals.extend(checkpoint_table(&cli, &job, &dir)?);
     }
     if cli.process_bids > 0 {
         measure::processes::table(&job, &dir, cli.process_bids, cli.runs)?;
     }
     if cli.restore_mib > 0 {
-        restore_table(&cli, &exe.with_file_name("keyed_state"), &dir)?;
+        goals.extend(restore_table(&cli, &exe.with_file_name("keyed_state"), &dir)?);
     }
     if cli.latency_rate > 0 {
-        latency_table(&cli, &job, &dir)?;
+        goals.extend(latency_table(&cli, &job, &dir)?);
     }
+    measure::goals::print(&goals);
     Ok(())
 }
 
 /// Checkpoint durations and restore times of large keyed state, local disk vs object store.
-fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
+fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<Vec<Goal>> {
     use measure::restore::{measure, Target};
     let mut targets =
         vec![Target { label: "local disk".into(), location: dir.join("restore-chk").display().to_string() }];
@@ -197,6 +200,18 @@ fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let cold = |v: Vec<f64>| if v.is_empty() { "-".to_string() } else { format!("{:.2}", median(v)) };
     let mut no_cold = false;
+    let mut goals = Vec::new();
+    if let Some(local) = rows.first() {
+        // The cold restart when the page cache could be dropped, else the warm one.
+        let s = if local.cold_s.is_empty() { &local.same_machine_s } else { &local.cold_s };
+        goals.push(Goal::at_most(
+            format!("restart after kill -9 to the first record, {:.0} MiB of state, local disk", local.state_mib),
+            "≤ 1 s",
+            (!s.is_empty()).then(|| median(s.clone())),
+            1.0,
+            |v| format!("{v:.2} s"),
+        ));
+    }
     for r in rows {
         no_cold |= r.cold_s.is_empty();
         println!(
@@ -215,12 +230,12 @@ fn restore_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     if no_cold {
         println!("\n(\"-\": the page cache could not be dropped here; that needs root.)");
     }
-    Ok(())
+    Ok(goals)
 }
 
 /// Throughput with checkpoints off, every 10 s and every 1 s (on the local disk, and on an object
 /// store if asked), with checkpoint durations and sizes.
-fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
+fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<Vec<Goal>> {
     println!("\nCheckpoints (generator, {} bids, parallelism 2, median of {} runs):\n", cli.checkpoint_bids, cli.runs);
     println!("| checkpoints | bids/s | vs off | taken per run | duration p50 ms | duration max ms | sync p50 ms | sync p99 ms | size p50 MiB | incremental p50 MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -281,6 +296,38 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
     }
     // "vs off" compares each build with its own run without checkpoints.
     let ours = if cli.before.is_some() { settings.len() / 2 } else { settings.len() };
+    let mut goals = Vec::new();
+    let off_rate = cli.checkpoint_bids as f64 / median(secs[0].clone());
+    for (k, (label, interval, remote, _)) in settings.iter().enumerate().take(ours) {
+        let limit = match *interval {
+            Some("1s") => 5.0,
+            Some("10s") => 1.0,
+            _ => continue,
+        };
+        let loss = (1.0 - cli.checkpoint_bids as f64 / median(secs[k].clone()) / off_rate) * 100.0;
+        let place = if remote.is_some() { label.clone() } else { format!("{label}, local disk") };
+        let mut goal = Goal::at_most(
+            format!("throughput loss, checkpoints every {place} (median of {})", cli.runs),
+            format!("≤ {limit} %"),
+            Some(loss),
+            limit,
+            |v| format!("{v:.1} %"),
+        );
+        if stats[k].0.is_empty() {
+            // Runs shorter than the interval say nothing about what its checkpoints cost.
+            goal.measured = "no checkpoint in a run".into();
+            goal.met = None;
+        }
+        goals.push(goal);
+    }
+    let all_sync: Vec<f64> = sync.iter().take(ours).flatten().copied().collect();
+    goals.push(Goal::at_most(
+        "synchronous part of a checkpoint, p99 over every subtask",
+        "≤ 5 ms",
+        (!all_sync.is_empty()).then(|| percentile(all_sync, 0.99)),
+        5.0,
+        |v| format!("{v:.1} ms"),
+    ));
     for (k, (label, _, _, _)) in settings.iter().enumerate() {
         let off = cli.checkpoint_bids as f64 / median(secs[if k < ours { 0 } else { ours }].clone());
         let rate = cli.checkpoint_bids as f64 / median(secs[k].clone());
@@ -306,14 +353,14 @@ fn checkpoint_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             show(i, 0.5, 1),
         );
     }
-    Ok(())
+    Ok(goals)
 }
 
 /// Event time → committed file rows (the sink's `weir_commit_latency_ms`), live, by checkpoint
 /// interval; medians over runs, the settings alternating run by run. `1s` with `--min-pause 1s`
 /// is the schedule of before the interval ran from trigger to trigger (the next checkpoint a whole
 /// interval after the end of the last).
-fn latency_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
+fn latency_table(cli: &Cli, job: &Path, dir: &Path) -> Result<Vec<Goal>> {
     let settings = [("1s", "0ms"), ("1s", "1s"), ("10s", "0ms")];
     let mut got: Vec<Vec<measure::latency::Latency>> = settings.iter().map(|_| Vec::new()).collect();
     for r in 0..cli.runs {
@@ -337,5 +384,24 @@ fn latency_table(cli: &Cli, job: &Path, dir: &Path) -> Result<()> {
             median(runs.iter().map(|l| l.p99_ms).collect()),
         );
     }
-    Ok(())
+    // The target is on the schedule of today (no minimum pause): interval + 100 ms.
+    let goals = settings
+        .iter()
+        .zip(&got)
+        .filter(|((_, pause), _)| *pause == "0ms")
+        .map(|((interval, _), runs)| {
+            let ms = humantime::parse_duration(interval).map(|d| d.as_millis() as f64).unwrap_or(f64::NAN);
+            Goal::at_most(
+                format!(
+                    "event time to committed file row, p99, checkpoints every {interval}, {} bids/s",
+                    cli.latency_rate
+                ),
+                format!("≤ {:.0} ms", ms + 100.0),
+                Some(median(runs.iter().map(|l| l.p99_ms).collect())),
+                ms + 100.0,
+                |v| format!("{v:.0} ms"),
+            )
+        })
+        .collect();
+    Ok(goals)
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod goals;
 pub mod latency;
 pub mod processes;
 pub mod restore;
