@@ -113,14 +113,26 @@ impl StateStore {
         let writer = std::thread::Builder::new()
             .name("weir-checkpoint-writer".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
+                let mut built = started;
                 let written = Ingest::new(&db, &opts, &files).and_then(|mut ingest| {
                     write(&mut ingest)?;
+                    built = std::time::Instant::now();
                     ingest.commit()
                 });
+                let ingested = std::time::Instant::now();
                 let checkpoint = match &written {
                     Ok(()) => checkpoint_db(&db, &path).map(|()| path).map_err(|e| format!("{e:#}")),
                     Err(e) => Err(format!("{e:#}")),
                 };
+                // Where the asynchronous part of a checkpoint goes, for whoever chases its latency.
+                let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
+                tracing::debug!(
+                    build_ms = ms(started, built),
+                    ingest_ms = ms(built, ingested),
+                    checkpoint_ms = ms(ingested, std::time::Instant::now()),
+                    "keyed state checkpoint written"
+                );
                 // Nobody waiting for the checkpoint (a failed attempt) is no error here.
                 let _ = done.send(checkpoint);
                 written
